@@ -1,0 +1,6 @@
+"""Prefect blocks of this project; `prefect block register -m blocks` registers every type below."""
+
+from blocks.cluster import EtcdCluster
+from blocks.storage import LocalStorage, S3Storage, SSHServerStorage, UFileStorage, load_storage
+
+__all__ = ["EtcdCluster", "LocalStorage", "S3Storage", "SSHServerStorage", "UFileStorage", "load_storage"]

@@ -1,0 +1,1 @@
+"""Core library for etcd backup and restore; never imports Prefect."""

@@ -1,0 +1,167 @@
+"""Object names <-> backups, the manifest written last, and listing a cluster's backups."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from etcd_backup.errors import ConfigError, NotFound
+from etcd_backup.storage.base import Storage
+
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = 1
+TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
+EXTENSIONS = {"tar.gz": ".db.tar.gz", "zstd": ".db.zst", "gzip": ".db.gz", "none": ".db"}
+Compression = Literal["tar.gz", "zstd", "gzip", "none"]
+
+_NAME = re.compile(
+    r"^(?P<cluster>.+?)-backup-etcd-(?P<version>\d+\.\d+\.\d+[0-9A-Za-z.+-]*?)"
+    r"-(?P<time>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})"
+    r"\.db(?P<ext>\.tar\.gz|\.zst|\.gz)?(?P<age>\.age)?$"
+)
+_COMPRESSION_BY_EXT = {".tar.gz": "tar.gz", ".zst": "zstd", ".gz": "gzip", None: "none"}
+
+
+def current_tool_version() -> str:
+    """This tool's version as installed, for manifests."""
+    try:
+        return version("etcd-backup")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    """What an object name says: cluster, etcd version, UTC time, compression, encryption."""
+
+    prefix: str
+    cluster_id: str
+    etcd_version: str
+    time: datetime
+    compression: str
+    encrypted: bool
+
+
+def format_key(cluster_id: str, etcd_version: str, when: datetime, compression: str = "tar.gz",
+               encrypted: bool = False, prefix: str = "") -> str:
+    """The object key for a backup, in the runbook's naming (e.g. uk8s-x-backup-etcd-3.3.17-...db.tar.gz)."""
+    if compression not in EXTENSIONS:
+        raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(EXTENSIONS)}")
+    if not cluster_id or "/" in cluster_id:
+        raise ConfigError(f"cluster id {cluster_id!r} must be non-empty and contain no '/'")
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    name = f"{cluster_id}-backup-etcd-{etcd_version}-{when.strftime(TIME_FORMAT)}{EXTENSIONS[compression]}"
+    if encrypted:
+        name += ".age"
+    prefix = prefix.strip("/")
+    return f"{prefix}/{name}" if prefix else name
+
+
+def parse_key(key: str) -> ParsedName | None:
+    """Parse a key made by format_key (or by the old UK8S plugin); None for foreign objects."""
+    prefix, _, name = key.rpartition("/")
+    match = _NAME.match(name)
+    if not match:
+        return None
+    try:
+        when = datetime.strptime(match["time"], TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return ParsedName(prefix=prefix, cluster_id=match["cluster"], etcd_version=match["version"], time=when,
+                      compression=_COMPRESSION_BY_EXT[match["ext"]], encrypted=bool(match["age"]))
+
+
+class Manifest(BaseModel):
+    """The JSON record written after a backup's object; its presence makes the backup complete."""
+
+    format: int = MANIFEST_FORMAT
+    tool_version: str = current_tool_version()
+    cluster: str
+    key: str
+    size: int
+    sha256: str
+    raw_size: int
+    raw_sha256: str
+    revision: int
+    revision_exact: bool
+    key_count: int
+    etcd_version: str
+    source_member: str
+    source_endpoint: str
+    created: datetime
+    compression: str
+    encryption: str | None = None
+    recipients: list[str] = []
+
+    def to_json(self) -> bytes:
+        """Serialise for storage."""
+        return self.model_dump_json(indent=2).encode()
+
+
+def manifest_key(key: str) -> str:
+    """The key of the manifest that belongs to a backup object."""
+    return key + MANIFEST_SUFFIX
+
+
+def read_manifest(storage: Storage, key: str) -> Manifest:
+    """Read and validate the manifest of backup key; NotFound when it is missing."""
+    with storage.open(manifest_key(key)) as f:
+        data = f.read(1 << 20)
+    try:
+        manifest = Manifest.model_validate(json.loads(data))
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"manifest {manifest_key(key)} is not valid: {exc.__class__.__name__}",
+                          step="read manifest") from None
+    if manifest.key != key:
+        raise ConfigError(f"manifest {manifest_key(key)} describes {manifest.key}", step="read manifest")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One backup object of a cluster as found in storage."""
+
+    key: str
+    cluster_id: str
+    time: datetime
+    size: int
+    compression: str
+    encrypted: bool
+    complete: bool
+    legacy: bool
+    manifest: Manifest | None = None
+
+    @property
+    def manifest_key(self) -> str:
+        """Where this backup's manifest lives (or would live)."""
+        return manifest_key(self.key)
+
+
+def list_backups(storage: Storage, cluster_id: str, prefix: str = "") -> list[Backup]:
+    """The backups of cluster_id under prefix, oldest first; foreign objects are skipped."""
+    prefix = prefix.strip("/")
+    objects = {o.key: o for o in storage.list(f"{prefix}/" if prefix else "")}
+    backups = []
+    for key, info in objects.items():
+        parsed = parse_key(key)
+        if parsed is None or parsed.cluster_id != cluster_id or parsed.prefix != prefix:
+            continue
+        manifest = None
+        if manifest_key(key) in objects:
+            try:
+                manifest = read_manifest(storage, key)
+            except (ConfigError, NotFound):
+                manifest = None
+        legacy = manifest is None and parsed.compression == "tar.gz" and not parsed.encrypted
+        backups.append(Backup(key=key, cluster_id=cluster_id, time=parsed.time, size=info.size,
+                              compression=parsed.compression, encrypted=parsed.encrypted,
+                              complete=manifest is not None and manifest.size == info.size,
+                              legacy=legacy, manifest=manifest))
+    return sorted(backups, key=lambda b: (b.time, b.key))

@@ -1,0 +1,331 @@
+"""Streaming stages: bounded pipes, compression (zstd, gzip, tar.gz, none) and age encryption, both ways."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import queue
+import tarfile
+import threading
+import time
+import zlib
+from typing import BinaryIO, Iterable
+
+import pyrage
+import zstandard
+
+from etcd_backup.errors import BackupCorrupt, ConfigError
+
+COMPRESSIONS = ("zstd", "gzip", "tar.gz", "none")
+ZSTD_JOB_SIZE = 2 << 20  # small jobs keep multi-threaded zstd's memory near 20 MB
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+
+class Pipe:
+    """A bounded in-memory pipe between one writing and one reading thread; errors cross it."""
+
+    def __init__(self, max_chunks: int = 16):
+        self._queue: queue.Queue[bytes | None] = queue.Queue(max_chunks)
+        self._buffer = memoryview(b"")
+        self._eof = False
+        self._error: BaseException | None = None
+        self._reader_gone = False
+
+    def write(self, data) -> int:
+        """Queue a copy of data; blocks while the pipe is full, raises if the reader gave up."""
+        if not len(data):
+            return 0
+        chunk = bytes(data)
+        while True:
+            if self._reader_gone:
+                raise BrokenPipeError("the reading side of the pipe stopped")
+            try:
+                self._queue.put(chunk, timeout=0.2)
+                return len(chunk)
+            except queue.Full:
+                continue
+
+    def flush(self) -> None:
+        """Nothing to flush; present for file-like callers."""
+
+    def close(self) -> None:
+        """Signal end of data to the reader."""
+        self._put_end()
+
+    def abort(self, error: BaseException) -> None:
+        """Make the reader raise error instead of seeing end of data."""
+        self._error = error
+        self._put_end()
+
+    def _put_end(self) -> None:
+        while not self._reader_gone:
+            try:
+                self._queue.put(None, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def stop_reading(self) -> None:
+        """Called by the reader when it will read no more; unblocks the writer."""
+        self._reader_gone = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """Read up to size bytes (all remaining when size < 0); b'' at the end."""
+        if size is None or size < 0:
+            parts = []
+            while part := self.read(1 << 20):
+                parts.append(part)
+            return b"".join(parts)
+        while not self._buffer and not self._eof:
+            item = self._queue.get()
+            if item is None:
+                self._eof = True
+            elif len(item) <= size:
+                return item  # the common case: hand the chunk on without copying
+            else:
+                self._buffer = memoryview(item)
+        if self._eof and not self._buffer and self._error is not None:
+            raise self._error
+        out = bytes(self._buffer[:size])
+        self._buffer = self._buffer[size:]
+        return out
+
+    def readinto(self, target) -> int:
+        """Read into a writable buffer."""
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+
+class HashingWriter:
+    """Pass writes on to sink while counting bytes and computing their sha256."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data) -> int:
+        """Hash, count and forward data."""
+        self._hash.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Forward flush when the sink has one."""
+        getattr(self.sink, "flush", lambda: None)()
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of everything written."""
+        return self._hash.hexdigest()
+
+
+class HashingReader:
+    """Read from source while counting bytes and computing their sha256."""
+
+    def __init__(self, source: BinaryIO):
+        self.source = source
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """Read, hash and count."""
+        data = self.source.read(size)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, target) -> int:
+        """Read into a writable buffer."""
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        """Read to the end so the hash covers the whole source."""
+        while self.read(1 << 20):
+            pass
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of everything read."""
+        return self._hash.hexdigest()
+
+
+class _Passthrough:
+    def __init__(self, sink):
+        self.sink = sink
+
+    def write(self, data) -> int:
+        return self.sink.write(data) or len(data)
+
+    def close(self) -> None:
+        pass
+
+
+class _TarGzWriter:
+    """A gzip-compressed tar holding one member whose size is known up front."""
+
+    def __init__(self, sink, member: str, size: int, level: int):
+        self.gz = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=level, mtime=int(time.time()), filename="")
+        self.expected, self.written = size, 0
+        info = tarfile.TarInfo(member)
+        info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+        self.gz.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        if self.written > self.expected:
+            raise BackupCorrupt(f"snapshot is longer than the announced {self.expected} bytes", step="tar")
+        return self.gz.write(data)
+
+    def close(self) -> None:
+        if self.written != self.expected:
+            raise BackupCorrupt(f"snapshot has {self.written} bytes, announced {self.expected}", step="tar")
+        used = _BLOCK + self.written + (-self.written % _BLOCK) + 2 * _BLOCK
+        self.gz.write(b"\0" * ((-self.written % _BLOCK) + 2 * _BLOCK + (-used % _RECORD)))
+        self.gz.close()
+
+
+def compressor(compression: str, sink, *, raw_size: int, member: str = "snapshot.db", level: int | None = None):
+    """A writer that compresses into sink; call close() on it at the end (sink stays open)."""
+    if compression == "zstd":
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level or 3, threads=cpu_count(), job_size=ZSTD_JOB_SIZE, write_checksum=True)
+        return zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, size=raw_size, closefd=False)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=level or 6, mtime=int(time.time()), filename="")
+    if compression == "tar.gz":
+        return _TarGzWriter(sink, member, raw_size, level or 6)
+    if compression == "none":
+        return _Passthrough(sink)
+    raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
+
+
+def decompressor(compression: str, source: BinaryIO) -> BinaryIO:
+    """A reader yielding the raw snapshot from a compressed source."""
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=source, mode="rb")
+    if compression == "tar.gz":
+        archive = tarfile.open(fileobj=source, mode="r|gz")
+        for info in archive:
+            if info.isfile():
+                return archive.extractfile(info)
+        raise BackupCorrupt("tar archive holds no file", step="decompress")
+    if compression == "none":
+        return source
+    raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
+
+
+DECODE_ERRORS = (zstandard.ZstdError, OSError, EOFError, zlib.error, tarfile.TarError, pyrage.DecryptError)
+
+
+def parse_recipients(recipients: Iterable[str]) -> list:
+    """age recipients from public keys: 'age1...' or 'ssh-ed25519 ...'/'ssh-rsa ...' lines."""
+    parsed = []
+    for text in recipients:
+        text = text.strip()
+        try:
+            if text.startswith("age1"):
+                parsed.append(pyrage.x25519.Recipient.from_str(text))
+            elif text.startswith("ssh-"):
+                parsed.append(pyrage.ssh.Recipient.from_str(text))
+            else:
+                raise ValueError
+        except (ValueError, pyrage.RecipientError):
+            raise ConfigError(f"not an age or ssh public key: {text[:24]!r}...", step="encrypt") from None
+    return parsed
+
+
+def parse_identities(identities: Iterable[str | bytes]) -> list:
+    """age identities from key texts: 'AGE-SECRET-KEY-1...' lines (age-keygen files) or SSH private keys."""
+    parsed = []
+    for item in identities:
+        text = item.decode() if isinstance(item, bytes) else item
+        try:
+            if "PRIVATE KEY" in text:
+                parsed.append(pyrage.ssh.Identity.from_buffer(text.encode()))
+                continue
+            keys = [line.strip() for line in text.splitlines() if line.strip().startswith("AGE-SECRET-KEY-")]
+            if not keys:
+                raise ValueError
+            parsed.extend(pyrage.x25519.Identity.from_str(key) for key in keys)
+        except (ValueError, pyrage.IdentityError):
+            raise ConfigError("an identity is neither an age secret key nor an SSH private key",
+                              step="decrypt") from None
+    return parsed
+
+
+def _run_in_thread(name: str, target, pipe: Pipe, reader: BinaryIO | None = None) -> threading.Thread:
+    def run():
+        try:
+            target()
+            pipe.close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading side
+            pipe.abort(exc)
+        finally:
+            if reader is not None and hasattr(reader, "stop_reading"):
+                reader.stop_reading()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def encrypting_pipe(sink, recipients: list) -> tuple[Pipe, threading.Thread]:
+    """A pipe whose bytes a thread encrypts into sink with age; close the pipe, then join the thread."""
+    plain = Pipe()
+    done = Pipe(1)  # carries only the thread's outcome
+
+    def encrypt():
+        pyrage.encrypt_io(plain, sink, recipients)
+
+    thread = _run_in_thread("age-encrypt", encrypt, done, reader=plain)
+    plain.outcome = done  # type: ignore[attr-defined]
+    return plain, thread
+
+
+def finish_encryption(plain: Pipe, thread: threading.Thread) -> None:
+    """Close the encrypting pipe, wait for the thread and raise its error, if any."""
+    plain.close()
+    thread.join()
+    plain.outcome.read()  # type: ignore[attr-defined]
+
+
+def decrypting_reader(source: BinaryIO, identities: list) -> Pipe:
+    """A reader of source's age-decrypted bytes (a thread decrypts into a bounded pipe)."""
+    out = Pipe()
+
+    def decrypt():
+        try:
+            pyrage.decrypt_io(source, out, identities)
+        except pyrage.DecryptError:
+            raise BackupCorrupt("cannot decrypt: no matching identity, or the object is damaged",
+                                step="decrypt") from None
+
+    _run_in_thread("age-decrypt", decrypt, out)
+    return out
+
+
+def cpu_count() -> int:
+    """CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

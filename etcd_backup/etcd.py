@@ -1,0 +1,220 @@
+"""Talking to etcd over gRPC (pyetcd's generated stubs): members, status, health, source choice, snapshot."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
+
+import grpc
+from pyetcd import etcdrpc
+
+from etcd_backup.errors import ConfigError, EtcdUnavailable
+
+T = TypeVar("T")
+TRAILER = 32
+MIN_SNAPSHOT_RATE = 2 << 20  # bytes/s the snapshot deadline allows for, at the least
+_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_http_proxy", 0)]
+
+
+@dataclass(frozen=True)
+class EtcdAccess:
+    """How to reach one etcd cluster: client endpoints, TLS material as PEM text, timeout in seconds."""
+
+    endpoints: tuple[str, ...]
+    ca: str | None = field(default=None, repr=False)
+    cert: str | None = field(default=None, repr=False)
+    key: str | None = field(default=None, repr=False)
+    timeout: float = 10.0
+
+    def __post_init__(self):
+        endpoints = (self.endpoints,) if isinstance(self.endpoints, str) else tuple(self.endpoints)
+        if not endpoints:
+            raise ConfigError("no etcd endpoints given")
+        object.__setattr__(self, "endpoints", tuple(_normalise(e, tls=self.ca is not None) for e in endpoints))
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("etcd client certificate and key must be given together")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC TLS credentials built from the PEM texts."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.encode() if self.ca else None,
+            private_key=self.key.encode() if self.key else None,
+            certificate_chain=self.cert.encode() if self.cert else None,
+        )
+
+
+def _normalise(endpoint: str, tls: bool) -> str:
+    endpoint = endpoint.strip().rstrip("/")
+    if "://" not in endpoint:
+        endpoint = ("https://" if tls else "http://") + endpoint
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"etcd endpoint {endpoint!r} must be http(s)://host:port")
+    return endpoint
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One etcd member as `member list` shows it."""
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+    @property
+    def hex_id(self) -> str:
+        """The id as etcdctl prints it."""
+        return f"{self.id:x}"
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """What one endpoint reports about itself (`endpoint status`)."""
+
+    endpoint: str
+    version: str
+    db_size: int
+    leader_id: int
+    member_id: int
+    raft_index: int
+    raft_term: int
+    revision: int
+    is_learner: bool
+
+    @property
+    def is_leader(self) -> bool:
+        """True when this member is the leader."""
+        return self.member_id == self.leader_id != 0
+
+
+@contextlib.contextmanager
+def channel(access: EtcdAccess, endpoint: str) -> Iterator[grpc.Channel]:
+    """An open gRPC channel to endpoint, closed afterwards."""
+    netloc = endpoint.split("://", 1)[1]
+    if endpoint.startswith("https://"):
+        chan = grpc.secure_channel(netloc, access.credentials(), options=_OPTIONS)
+    else:
+        chan = grpc.insecure_channel(netloc, options=_OPTIONS)
+    try:
+        yield chan
+    finally:
+        chan.close()
+
+
+def _call(access: EtcdAccess, endpoint: str, step: str, fn: Callable[[grpc.Channel], T]) -> T:
+    try:
+        with channel(access, endpoint) as chan:
+            return fn(chan)
+    except grpc.RpcError as exc:
+        raise _unavailable(exc, step, endpoint) from None
+
+
+def _unavailable(exc: grpc.RpcError, step: str, endpoint: str) -> EtcdUnavailable:
+    code = exc.code().name if hasattr(exc, "code") and exc.code() else "ERROR"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return EtcdUnavailable(f"{code}: {details}", step=step, node=endpoint)
+
+
+def members(access: EtcdAccess) -> list[MemberInfo]:
+    """The cluster's members, asked of the first endpoint that answers."""
+    errors = []
+    for endpoint in access.endpoints:
+        try:
+            resp = _call(access, endpoint, "member list", lambda c: etcdrpc.ClusterStub(c).MemberList(
+                etcdrpc.MemberListRequest(), timeout=access.timeout))
+        except EtcdUnavailable as exc:
+            errors.append(str(exc))
+            continue
+        return [MemberInfo(id=m.ID, name=m.name, peer_urls=tuple(m.peerURLs), client_urls=tuple(m.clientURLs),
+                           is_learner=bool(getattr(m, "isLearner", False))) for m in resp.members]
+    raise EtcdUnavailable("no endpoint answered: " + "; ".join(errors), step="member list")
+
+
+def status(access: EtcdAccess, endpoint: str) -> EndpointStatus:
+    """The status of one endpoint (version, db size, leader, raft index, revision)."""
+    resp = _call(access, endpoint, "endpoint status", lambda c: etcdrpc.MaintenanceStub(c).Status(
+        etcdrpc.StatusRequest(), timeout=access.timeout))
+    return EndpointStatus(endpoint=endpoint, version=resp.version, db_size=resp.dbSize, leader_id=resp.leader,
+                          member_id=resp.header.member_id, raft_index=resp.raftIndex, raft_term=resp.raftTerm,
+                          revision=resp.header.revision, is_learner=bool(getattr(resp, "isLearner", False)))
+
+
+def key_count(access: EtcdAccess, endpoint: str) -> tuple[int, int]:
+    """(revision, number of keys) as this member sees them now (serializable, count only)."""
+    request = etcdrpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True, serializable=True)
+    resp = _call(access, endpoint, "count keys", lambda c: etcdrpc.KVStub(c).Range(request, timeout=access.timeout))
+    return resp.header.revision, resp.count
+
+
+def health(access: EtcdAccess) -> dict[str, str]:
+    """Per endpoint, 'ok' when a linearizable read succeeds (like `etcdctl endpoint health`), else the error."""
+    result = {}
+    request = etcdrpc.RangeRequest(key=b"health")
+    for endpoint in access.endpoints:
+        try:
+            _call(access, endpoint, "endpoint health",
+                  lambda c: etcdrpc.KVStub(c).Range(request, timeout=access.timeout))
+            result[endpoint] = "ok"
+        except EtcdUnavailable as exc:
+            result[endpoint] = "ok" if "PERMISSION_DENIED" in exc.message else exc.message
+    return result
+
+
+def pick_sources(access: EtcdAccess) -> list[str]:
+    """Endpoints of reachable voting members to snapshot from, leader first, then by raft index."""
+    found, errors = [], []
+    for endpoint in access.endpoints:
+        try:
+            st = status(access, endpoint)
+        except EtcdUnavailable as exc:
+            errors.append(str(exc))
+            continue
+        if not st.is_learner:
+            found.append(st)
+    if not found:
+        raise EtcdUnavailable("no voting member answered: " + "; ".join(errors), step="pick snapshot source")
+    found.sort(key=lambda s: (not s.is_leader, -s.raft_index))
+    return [s.endpoint for s in found]
+
+
+class SnapshotStream:
+    """The Maintenance snapshot of one member as an iterator of chunks; `total` is known up front."""
+
+    def __init__(self, access: EtcdAccess, endpoint: str, db_size: int = 0):
+        self.endpoint = endpoint
+        self._chan_cm = channel(access, endpoint)
+        chan = self._chan_cm.__enter__()
+        deadline = access.timeout + max(60.0, db_size / MIN_SNAPSHOT_RATE)
+        try:
+            self._call = etcdrpc.MaintenanceStub(chan).Snapshot(etcdrpc.SnapshotRequest(), timeout=deadline)
+            self._first = next(self._call)
+        except grpc.RpcError as exc:
+            self.close()
+            raise _unavailable(exc, "snapshot", endpoint) from None
+        except StopIteration:
+            self.close()
+            raise EtcdUnavailable("snapshot stream ended before any data", step="snapshot", node=endpoint) from None
+        self.total = self._first.remaining_bytes + len(self._first.blob) + TRAILER
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._first.blob
+        try:
+            for response in self._call:
+                yield response.blob
+        except grpc.RpcError as exc:
+            raise _unavailable(exc, "snapshot", self.endpoint) from None
+
+    def close(self) -> None:
+        """Cancel the stream if still running and close the channel."""
+        call = getattr(self, "_call", None)
+        if call is not None:
+            call.cancel()
+        self._chan_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> "SnapshotStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,272 @@
+"""The backup stream (etcd snapshot -> check -> compress -> encrypt -> storage, manifest last) and read-back."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+from etcd_backup import etcd
+from etcd_backup.catalog import Backup, Manifest, format_key, manifest_key, parse_key, read_manifest
+from etcd_backup.codecs import (COMPRESSIONS, DECODE_ERRORS, HashingReader, HashingWriter, Pipe, compressor,
+                                decompressor, decrypting_reader, encrypting_pipe, finish_encryption,
+                                parse_identities, parse_recipients)
+from etcd_backup.errors import BackupCorrupt, ConfigError, EtcdUnavailable, NotFound
+from etcd_backup.snapshot import SnapshotCheck
+from etcd_backup.storage.base import Storage
+
+Progress = Callable[[int, int], None]
+PROGRESS_EVERY = 64 << 20
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """What one backup run stored, for reports."""
+
+    key: str
+    manifest_key: str
+    size: int
+    sha256: str
+    raw_size: int
+    raw_sha256: str
+    revision: int
+    revision_exact: bool
+    key_count: int
+    etcd_version: str
+    source_member: str
+    source_endpoint: str
+    compression: str
+    encrypted: bool
+    duration_seconds: float
+    ratio: float
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON reports."""
+        return asdict(self)
+
+
+def backup(access: etcd.EtcdAccess, storage: Storage, *, cluster_id: str, prefix: str = "",
+           compression: str = "zstd", recipients: Iterable[str] = (), on_progress: Progress | None = None,
+           now: datetime | None = None, level: int | None = None) -> BackupRecord:
+    """Stream a snapshot of the cluster into storage, verified, with its manifest written last."""
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
+    recipient_keys = [r.strip() for r in recipients]
+    parsed = parse_recipients(recipient_keys)
+    when = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
+    errors = []
+    for endpoint in etcd.pick_sources(access):
+        job = _Job(access, storage, endpoint, cluster_id, prefix, compression, recipient_keys, parsed, when,
+                   on_progress, level)
+        try:
+            return job.run()
+        except EtcdUnavailable as exc:
+            errors.append(str(exc))
+    raise EtcdUnavailable("every source member failed: " + "; ".join(errors), step="backup")
+
+
+class _Job:
+    """One attempt to back up from one endpoint."""
+
+    def __init__(self, access, storage, endpoint, cluster_id, prefix, compression, recipient_keys, recipients,
+                 when, on_progress, level):
+        self.access, self.storage, self.endpoint = access, storage, endpoint
+        self.cluster_id, self.prefix, self.compression = cluster_id, prefix, compression
+        self.recipient_keys, self.recipients, self.when = recipient_keys, recipients, when
+        self.on_progress, self.level = on_progress, level
+        self.error: BaseException | None = None
+
+    def run(self) -> BackupRecord:
+        started = time.monotonic()
+        st = etcd.status(self.access, self.endpoint)
+        member = _member_name(self.access, st.member_id)
+        rev_before, _ = etcd.key_count(self.access, self.endpoint)
+        key = format_key(self.cluster_id, st.version, self.when, self.compression, bool(self.recipients),
+                         self.prefix)
+        with etcd.SnapshotStream(self.access, self.endpoint, st.db_size) as stream:
+            rev_after, keys = etcd.key_count(self.access, self.endpoint)  # the snapshot's read tx is open now
+            stored, check = self._store(key, stream, member)
+        manifest = Manifest(
+            cluster=self.cluster_id, key=key, size=stored.size, sha256=stored.sha256, raw_size=check.size,
+            raw_sha256=check.sha256, revision=rev_after, revision_exact=rev_before == rev_after, key_count=keys,
+            etcd_version=st.version, source_member=member, source_endpoint=self.endpoint,
+            created=self.when, compression=self.compression, encryption="age" if self.recipients else None,
+            recipients=self.recipient_keys)
+        try:
+            self.storage.put(manifest_key(key), io.BytesIO(manifest.to_json()))
+        except BaseException:
+            _forget(self.storage, key)
+            raise
+        return BackupRecord(
+            key=key, manifest_key=manifest_key(key), size=stored.size, sha256=stored.sha256,
+            raw_size=check.size, raw_sha256=check.sha256, revision=manifest.revision,
+            revision_exact=manifest.revision_exact, key_count=keys, etcd_version=st.version,
+            source_member=member, source_endpoint=self.endpoint, compression=self.compression,
+            encrypted=bool(self.recipients), duration_seconds=round(time.monotonic() - started, 3),
+            ratio=round(check.size / stored.size, 3) if stored.size else 0.0)
+
+    def _store(self, key: str, stream: etcd.SnapshotStream, member: str) -> tuple[HashingWriter, SnapshotCheck]:
+        """Run the producer thread into a pipe that storage.put reads; nothing visible unless all went well."""
+        out = Pipe()
+        stored = HashingWriter(out)
+        check = SnapshotCheck(f"{member} ({self.endpoint})")
+        member_name = key.rpartition("/")[2].removesuffix(".age").removesuffix(".tar.gz")
+        thread = threading.Thread(target=self._produce, args=(stream, check, stored, out, member_name),
+                                  name="backup-producer", daemon=True)
+        thread.start()
+        try:
+            self.storage.put(key, out)
+        except BaseException:
+            cause = self.error  # set before the producer aborted the pipe, so the put failed because of it
+            out.stop_reading()
+            stream.close()
+            thread.join()
+            _forget(self.storage, key)
+            if cause is not None:
+                raise cause from None
+            raise
+        thread.join()
+        if self.error is not None:  # a backend that swallowed the pipe's error
+            _forget(self.storage, key)
+            raise self.error
+        return stored, check
+
+    def _produce(self, stream, check: SnapshotCheck, stored: HashingWriter, out: Pipe, member_name: str) -> None:
+        try:
+            self._encode(stream, check, stored, member_name)
+            out.close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.error = exc
+            out.abort(exc)
+
+    def _encode(self, stream, check: SnapshotCheck, stored: HashingWriter, member_name: str) -> None:
+        encrypting = encrypting_pipe(stored, self.recipients) if self.recipients else None
+        target = encrypting[0] if encrypting else stored
+        try:
+            writer = compressor(self.compression, target, raw_size=stream.total, member=member_name,
+                                level=self.level)
+            reported = 0
+            for chunk in stream:
+                check.update(chunk)
+                writer.write(chunk)
+                if self.on_progress and check.size - reported >= PROGRESS_EVERY:
+                    reported = check.size
+                    self.on_progress(check.size, stream.total)
+            check.finish(step="backup")
+            if check.size != stream.total:
+                raise BackupCorrupt(f"snapshot has {check.size} bytes, etcd announced {stream.total}",
+                                    step="backup", node=stream.endpoint)
+            writer.close()
+        except BrokenPipeError:
+            if encrypting:  # the encrypting thread failed first: report its error
+                finish_encryption(*encrypting)
+            raise
+        if encrypting:
+            finish_encryption(*encrypting)
+        if self.on_progress:
+            self.on_progress(check.size, stream.total)
+
+
+def _member_name(access: etcd.EtcdAccess, member_id: int) -> str:
+    try:
+        for m in etcd.members(access):
+            if m.id == member_id:
+                return m.name
+    except EtcdUnavailable:
+        pass
+    return f"{member_id:x}"
+
+
+def _forget(storage: Storage, key: str) -> None:
+    """Best effort: remove a backup object that must not stay."""
+    try:
+        storage.delete([key])
+    except Exception:  # noqa: BLE001 - the original error matters more
+        pass
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A backup read back end to end: stored and raw sizes and digests, all checked."""
+
+    key: str
+    size: int
+    sha256: str
+    raw_size: int
+    raw_sha256: str
+    legacy: bool
+    manifest: Manifest | None
+
+
+def verify(storage: Storage, key_or_backup: str | Backup, identities: Iterable[str | bytes] = ()) -> VerifyResult:
+    """Stream a backup back; check stored size/sha256 against its manifest, decode it, check raw sha256 and trailer."""
+    return _read_back(storage, _key_of(key_or_backup), list(identities), sink=None)
+
+
+def fetch_snapshot(storage: Storage, backup: str | Backup, dest_path: str | Path,
+                   identities: Iterable[str | bytes] = ()) -> VerifyResult:
+    """Write the verified raw snapshot to dest_path (via dest_path.tmp, renamed only when every check passed)."""
+    dest = Path(dest_path)
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        with open(tmp, "wb") as sink:
+            result = _read_back(storage, _key_of(backup), list(identities), sink=sink)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result
+
+
+def _key_of(key_or_backup: str | Backup) -> str:
+    return key_or_backup.key if isinstance(key_or_backup, Backup) else key_or_backup
+
+
+def _read_back(storage: Storage, key: str, identities: list, sink: BinaryIO | None) -> VerifyResult:
+    parsed = parse_key(key)
+    try:
+        manifest = read_manifest(storage, key)
+    except NotFound:
+        manifest = None
+    if manifest is None and parsed is None:
+        raise BackupCorrupt("not a backup name and no manifest", step="verify", node=key)
+    compression = manifest.compression if manifest else parsed.compression
+    encrypted = bool(manifest.encryption) if manifest else parsed.encrypted
+    ids = parse_identities(identities) if encrypted else []
+    if encrypted and not ids:
+        raise ConfigError(f"{key} is encrypted; give an age identity to read it", step="verify")
+    check = SnapshotCheck(key)
+    with storage.open(key) as source:
+        stored = HashingReader(source)
+        try:
+            inner = decrypting_reader(stored, ids) if encrypted else stored
+            raw = decompressor(compression, inner)
+            while chunk := raw.read(1 << 20):
+                check.update(chunk)
+                if sink is not None:
+                    sink.write(chunk)
+            while inner.read(1 << 20):  # the rest (tar padding, age end), so digests cover everything
+                pass
+        except DECODE_ERRORS as exc:
+            raise BackupCorrupt(f"cannot decode: {exc.__class__.__name__}: {exc}", step="verify",
+                                node=key) from None
+    _compare(key, manifest, stored, check)
+    return VerifyResult(key=key, size=stored.size, sha256=stored.sha256, raw_size=check.size,
+                        raw_sha256=check.sha256, legacy=manifest is None, manifest=manifest)
+
+
+def _compare(key: str, manifest: Manifest | None, stored: HashingReader, check: SnapshotCheck) -> None:
+    if manifest is not None:
+        if (stored.size, stored.sha256) != (manifest.size, manifest.sha256):
+            raise BackupCorrupt("stored object differs from its manifest (size or sha256)", step="verify",
+                                node=key)
+        if (check.size, check.sha256) != (manifest.raw_size, manifest.raw_sha256):
+            raise BackupCorrupt("decoded snapshot differs from its manifest (size or sha256)", step="verify",
+                                node=key)
+    check.finish(step="verify")

@@ -1,0 +1,104 @@
+"""SSH connections with verified host keys (known_hosts text or a pinned fingerprint)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import socket
+
+import paramiko
+
+from etcd_backup.errors import NodeError
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The OpenSSH-style SHA256 fingerprint of a host key ('SHA256:...')."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
+    """Parse an OpenSSH/PEM private key of any supported type."""
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key(io.StringIO(text), password=passphrase)
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise NodeError("the private key could not be parsed (unsupported type or wrong passphrase)", step="ssh")
+
+
+class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept a host key only when its fingerprint matches the pinned one."""
+
+    def __init__(self, pinned: str | None):
+        self.pinned = pinned
+
+    def missing_host_key(self, client, hostname, key):
+        seen = fingerprint(key)
+        if self.pinned and seen == self.pinned:
+            return
+        raise NodeError(
+            f"host key {seen} of {hostname} is not in known_hosts"
+            + (f" and does not match the pinned {self.pinned}" if self.pinned else "")
+            + "; add it to the block's known hosts",
+            step="ssh",
+            node=hostname,
+        )
+
+
+def connect(
+    host: str,
+    port: int = 22,
+    user: str = "root",
+    *,
+    private_key: str | None = None,
+    password: str | None = None,
+    known_hosts: str | None = None,
+    host_fingerprint: str | None = None,
+    timeout: float = 15.0,
+) -> paramiko.SSHClient:
+    """Open an SSH session whose host key is verified; errors never carry secrets."""
+    client = paramiko.SSHClient()
+    if known_hosts:
+        _load_known_hosts(client, known_hosts)
+    client.set_missing_host_key_policy(_PinnedPolicy(host_fingerprint))
+    pkey = load_private_key(private_key) if private_key else None
+    where = f"{user}@{host}:{port}"
+    try:
+        client.connect(
+            host, port=port, username=user, pkey=pkey, password=password, timeout=timeout,
+            banner_timeout=timeout, auth_timeout=timeout, allow_agent=False, look_for_keys=False,
+        )
+    except NodeError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise NodeError(f"host key of {where} changed: {fingerprint(exc.key)} is not the known key", step="ssh", node=host) from None
+    except paramiko.AuthenticationException:
+        client.close()
+        raise NodeError(f"authentication failed for {where}", step="ssh", node=host) from None
+    except (OSError, socket.timeout, paramiko.SSHException) as exc:
+        client.close()
+        err = NodeError(f"cannot reach {where}: {exc.__class__.__name__}: {exc}", step="ssh", node=host)
+        err.transient = True
+        raise err from None
+    transport = client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(15)
+    return client
+
+
+def _load_known_hosts(client: paramiko.SSHClient, text: str) -> None:
+    """Load known_hosts lines (hashed or plain, with [host]:port) into the client."""
+    keys = client.get_host_keys()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+        if entry is None:
+            continue
+        for name in entry.hostnames:
+            keys.add(name, entry.key.get_name(), entry.key)

@@ -1,0 +1,118 @@
+"""A directory on the local filesystem (dev, tests, or a mounted volume)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+from etcd_backup.errors import NotFound, StorageError, TransientStorageError
+from etcd_backup.storage.base import ObjectInfo
+from etcd_backup.storage.names import check_key, is_temp, list_start, temp_name
+
+CHUNK = 1024 * 1024
+
+
+class LocalStorage:
+    """Objects as files under directory: written to a temp name, fsynced, renamed; mode 0600."""
+
+    kind = "local"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.root = Path(directory)
+
+    def describe(self) -> str:
+        """'file:///path'."""
+        return f"file://{self.root}"
+
+    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+        """Copy source into a temp file beside key, fsync, then rename it into place."""
+        path = self._path(key)
+        tmp = path.with_name(temp_name(path.name))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                shutil.copyfileobj(source, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise self._error(exc, "put", key) from None
+            raise
+        return self.stat(key)
+
+    def open(self, key: str) -> BinaryIO:
+        """Open key for reading, or NotFound."""
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise self._error(exc, "open", key) from None
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and time of key, or NotFound."""
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise self._error(exc, "stat", key) from None
+        if not path.is_file():
+            raise NotFound(f"{self.describe()}: {key} is not a file", step="local stat")
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Files under prefix (temp files skipped), sorted by key."""
+        start = self.root / list_start(prefix)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(start, onerror=self._walk_error):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                key = name if rel == "." else f"{rel}/{name}"
+                if not is_temp(name) and key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            try:
+                yield self.stat(key)
+            except NotFound:
+                continue
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Remove files; missing ones are ignored."""
+        for key in keys:
+            try:
+                self._path(key).unlink(missing_ok=True)
+            except OSError as exc:
+                raise self._error(exc, "delete", key) from None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _walk_error(self, exc: OSError) -> None:
+        if exc.errno != errno.ENOENT:
+            raise self._error(exc, "list", exc.filename or "")
+
+    def _error(self, exc: OSError, op: str, key: str) -> StorageError:
+        """Map an OSError: missing -> NotFound, no space/IO -> transient, else permanent."""
+        step, where = f"local {op}", f"{self.describe()}"
+        if exc.errno == errno.ENOENT and op in ("open", "stat"):
+            return NotFound(f"{where}: {key} does not exist", step=step)
+        if exc.errno in (errno.EIO, errno.EAGAIN):
+            return TransientStorageError(f"{where}: {op} of {key} failed: {exc.strerror}", step=step)
+        return StorageError(f"{where}: {op} of {key} failed: {exc.strerror} ({exc.filename})", step=step)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable by syncing its directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

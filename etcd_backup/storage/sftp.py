@@ -1,0 +1,211 @@
+"""A directory on an SSH server, over SFTP with a verified host key."""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import shutil
+import socket
+import stat
+import threading
+from datetime import datetime, timezone
+from typing import BinaryIO, Iterable, Iterator
+
+import paramiko
+
+from etcd_backup import ssh
+from etcd_backup.errors import NodeError, NotFound, StorageError, TransientStorageError
+from etcd_backup.storage.base import ObjectInfo
+from etcd_backup.storage.names import check_key, is_temp, list_start, temp_name
+from etcd_backup.storage.stream import Reader
+
+WINDOW = 64 * 1024 * 1024
+PACKET = 256 * 1024
+CHUNK = 1024 * 1024
+PREFETCH_REQUESTS = 128  # 128 x 32 KiB reads in flight
+NETWORK_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError, OSError)
+
+
+class SFTPStorage:
+    """Objects as files under directory on host: written to a temp name, then posix-renamed."""
+
+    kind = "sftp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 22,
+        user: str = "root",
+        directory: str = ".",
+        *,
+        private_key: str | None = None,
+        password: str | None = None,
+        known_hosts: str | None = None,
+        host_fingerprint: str | None = None,
+        timeout: float = 30,
+    ):
+        self.host, self.port, self.user = host, port, user
+        self.directory = directory.rstrip("/") or "/"
+        self._auth = dict(private_key=private_key, password=password, known_hosts=known_hosts,
+                          host_fingerprint=host_fingerprint, timeout=timeout)
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        """'sftp://user@host:port/directory'."""
+        return f"sftp://{self.user}@{self.host}:{self.port}{'' if self.directory.startswith('/') else '/'}{self.directory}"
+
+    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+        """Stream source to a temp file beside key (mode 0600, pipelined), then rename it into place."""
+        path = self._path(key)
+        tmp = posixpath.join(posixpath.dirname(path), temp_name(posixpath.basename(path)))
+        sftp = self._session("put")
+        try:
+            self._makedirs(sftp, posixpath.dirname(path))
+            with sftp.open(tmp, "wbx") as out:
+                out.chmod(0o600)
+                out.set_pipelined(True)
+                shutil.copyfileobj(source, out, CHUNK)
+            sftp.posix_rename(tmp, path)
+            return self.stat(key)
+        except BaseException as exc:
+            self._discard(sftp, tmp)
+            if isinstance(exc, NETWORK_ERRORS):
+                raise self._error(exc, "put", posixpath.dirname(path)) from None
+            raise
+
+    def open(self, key: str) -> BinaryIO:
+        """Stream key with read-ahead (bounded number of requests in flight), or NotFound."""
+        path = self._path(key)
+        sftp = self._session("open")
+        try:
+            remote = sftp.open(path, "rb")
+            remote.prefetch(remote.stat().st_size, max_concurrent_requests=PREFETCH_REQUESTS)
+        except NETWORK_ERRORS as exc:
+            raise self._error(exc, "open", path) from None
+        return Reader(remote, lambda exc: self._error(exc, "read", path), NETWORK_ERRORS)
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and time of key, or NotFound."""
+        path = self._path(key)
+        try:
+            attrs = self._session("stat").stat(path)
+        except NETWORK_ERRORS as exc:
+            raise self._error(exc, "stat", path) from None
+        if not stat.S_ISREG(attrs.st_mode or 0):
+            raise NotFound(f"{self.describe()}: {path} is not a file", step="sftp stat")
+        return ObjectInfo(key, attrs.st_size, datetime.fromtimestamp(attrs.st_mtime, timezone.utc))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Files under prefix (temp files skipped), sorted by key."""
+        sftp = self._session("list")
+        found: list[ObjectInfo] = []
+        try:
+            self._walk(sftp, list_start(prefix), prefix, found)
+        except NETWORK_ERRORS as exc:
+            raise self._error(exc, "list", posixpath.join(self.directory, prefix)) from None
+        yield from sorted(found, key=lambda info: info.key)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Remove files; missing ones are ignored."""
+        sftp = self._session("delete")
+        for key in keys:
+            path = self._path(key)
+            try:
+                sftp.remove(path)
+            except FileNotFoundError:
+                continue
+            except NETWORK_ERRORS as exc:
+                raise self._error(exc, "delete", path) from None
+
+    def close(self) -> None:
+        """Close the SFTP session and the SSH connection."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client = self._sftp = None
+
+    def _path(self, key: str) -> str:
+        return posixpath.join(self.directory, check_key(key))
+
+    def _session(self, op: str) -> paramiko.SFTPClient:
+        """The open SFTP session, (re)connecting when there is none or it died."""
+        with self._lock:
+            if self._sftp is not None and self._alive():
+                return self._sftp
+            if self._client is not None:
+                self._client.close()
+            try:
+                self._client = ssh.connect(self.host, self.port, self.user, **self._auth)
+                self._sftp = paramiko.SFTPClient.from_transport(
+                    self._client.get_transport(), window_size=WINDOW, max_packet_size=PACKET
+                )
+            except NodeError as exc:
+                self._client = self._sftp = None
+                cls = TransientStorageError if exc.transient else StorageError
+                raise cls(f"{self.describe()}: {exc.message}", step=f"sftp {op}") from None
+            except NETWORK_ERRORS as exc:
+                self._client = self._sftp = None
+                raise self._error(exc, op, self.directory) from None
+            return self._sftp
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, path: str) -> None:
+        """mkdir -p over SFTP."""
+        missing = []
+        while path not in ("", "/", "."):
+            try:
+                if stat.S_ISDIR(sftp.stat(path).st_mode or 0):
+                    break
+            except FileNotFoundError:
+                missing.append(path)
+                path = posixpath.dirname(path)
+                continue
+            raise StorageError(f"{self.describe()}: {path} exists and is not a directory", step="sftp put")
+        for directory in reversed(missing):
+            try:
+                sftp.mkdir(directory, 0o700)
+            except OSError as exc:
+                if not self._is_dir(sftp, directory):  # lost a race with another writer is fine
+                    raise exc
+
+    def _is_dir(self, sftp: paramiko.SFTPClient, path: str) -> bool:
+        try:
+            return stat.S_ISDIR(sftp.stat(path).st_mode or 0)
+        except OSError:
+            return False
+
+    def _walk(self, sftp: paramiko.SFTPClient, rel: str, prefix: str, found: list) -> None:
+        try:
+            entries = sftp.listdir_attr(posixpath.join(self.directory, rel))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            key = posixpath.join(rel, entry.filename) if rel else entry.filename
+            if stat.S_ISDIR(entry.st_mode or 0):
+                if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                    self._walk(sftp, key, prefix, found)
+            elif stat.S_ISREG(entry.st_mode or 0) and not is_temp(entry.filename) and key.startswith(prefix):
+                found.append(ObjectInfo(key, entry.st_size, datetime.fromtimestamp(entry.st_mtime, timezone.utc)))
+
+    def _discard(self, sftp: paramiko.SFTPClient, tmp: str) -> None:
+        """Best effort removal of a temp file after a failed put (the link may be gone)."""
+        try:
+            sftp.remove(tmp)
+        except Exception:
+            pass
+
+    def _alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return transport is not None and transport.is_active()
+
+    def _error(self, exc: BaseException, op: str, path: str) -> StorageError:
+        """Map SFTP/SSH failures: missing -> NotFound, no rights -> StorageError, link -> transient."""
+        step, where = f"sftp {op}", self.describe()
+        if isinstance(exc, FileNotFoundError) or getattr(exc, "errno", None) == errno.ENOENT:
+            return NotFound(f"{where}: {path} does not exist", step=step)
+        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
+            return StorageError(f"{where}: permission denied for {self.user} on {self.host}:{path}", step=step)
+        if isinstance(exc, (paramiko.SSHException, EOFError, ConnectionError, TimeoutError, socket.timeout)) or not self._alive():
+            return TransientStorageError(f"{where}: connection to {self.host}:{self.port} lost during {op} of {path}: {exc.__class__.__name__}: {exc}", step=step)
+        return StorageError(f"{where}: {op} of {path} failed: {exc}", step=step)

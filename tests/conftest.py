@@ -1,0 +1,31 @@
+"""Shared pytest set-up: fixture libraries, and a guard that turns skips into failures in CI."""
+
+import os
+
+# Retries stay on in tests, with short delays (seconds of backoff base).
+os.environ.setdefault("ETCD_BACKUP_RETRY_DELAY", "0.2")
+
+pytest_plugins = [
+    "tests.fleet.fixtures",
+    "tests.servers.fixtures",
+    "tests.prefect_fixtures",
+]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fail-on-skip",
+        action="store_true",
+        default=os.environ.get("CI") == "true",
+        help="fail the run when any test was skipped (default in CI)",
+    )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not session.config.getoption("--fail-on-skip") or reporter is None:
+        return
+    skipped = reporter.stats.get("skipped", [])
+    if skipped and session.exitstatus == 0:
+        session.exitstatus = 1
+        reporter.write_line(f"FAILED: {len(skipped)} test(s) skipped and --fail-on-skip is set", red=True)
