@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=5000, help="Kubernetes-like keys to write (2 KiB each)")
     parser.add_argument("--port", type=int, default=4200, help="Prefect UI/API port")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     shutil.rmtree(DEMO, ignore_errors=True)
     from deployments.local_server import LocalPrefectServer
 
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         storage = _storage_block(stack, args.s3)
         return _run(storage, args.port)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _run(storage: str, port: int) -> int:

@@ -7,6 +7,8 @@ from prefect.schedules import Cron
 
 from deployments.config import BackupSchedule
 from flows.backup import backup_etcd, list_backups, prune_backups
+from flows.diagnose import diagnose_cluster
+from flows.restore_cluster import restore_cluster
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
@@ -24,17 +26,24 @@ def backup_deployment(schedule: BackupSchedule):
     )
 
 
-def manual_deployments() -> list:
-    """Unscheduled deployments for runs started by hand from the UI."""
+def manual_deployments(schedule: BackupSchedule) -> list:
+    """Unscheduled deployments of one cluster for runs started by hand from the UI (`<flow>/<cluster>`)."""
+    both = {"cluster": schedule.cluster, "storage": schedule.storage}
+    tags = ["etcd-backup", f"cluster:{schedule.cluster}"]
     return [
-        list_backups.to_deployment(name="manual", tags=["etcd-backup"]),
-        prune_backups.to_deployment(name="manual", tags=["etcd-backup"]),
+        f.to_deployment(name=schedule.cluster, parameters=params, tags=tags)
+        for f, params in (
+            (list_backups, both),
+            (prune_backups, {**both, "keep": schedule.keep}),
+            (diagnose_cluster, {"cluster": schedule.cluster}),
+            (restore_cluster, both),
+        )
     ]
 
 
 def all_deployments(schedules: list[BackupSchedule]) -> list:
-    """Every deployment this project serves, scheduled ones first."""
-    return [backup_deployment(s) for s in schedules] + manual_deployments()
+    """Every deployment this project serves: per cluster the scheduled backup, then the manual flows."""
+    return [d for s in schedules for d in (backup_deployment(s), *manual_deployments(s))]
 
 
 def serve(schedules: list[BackupSchedule]) -> None:

@@ -89,6 +89,10 @@ class Manifest(BaseModel):
     sha256: str
     raw_size: int
     raw_sha256: str
+    # revision and key_count: a serializable count on the source member right after the snapshot's first
+    # chunk arrived (its read transaction is open then); revision_exact: a count just before the snapshot
+    # request saw the same revision, so the snapshot holds exactly this revision. `inspect_db` gives the
+    # snapshot's own revision from a file.
     revision: int
     revision_exact: bool
     key_count: int

@@ -18,6 +18,7 @@ import zstandard
 from etcd_backup.errors import BackupCorrupt, ConfigError
 
 COMPRESSIONS = ("zstd", "gzip", "tar.gz", "none")
+ZSTD_LEVEL = 1  # on 2 cores level 3 is several times slower than the snapshot stream (bench/backup_bench.py)
 ZSTD_JOB_SIZE = 2 << 20  # small jobs keep multi-threaded zstd's memory near 20 MB
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
@@ -108,31 +109,6 @@ class Pipe:
         return len(data)
 
 
-class HashingWriter:
-    """Pass writes on to sink while counting bytes and computing their sha256."""
-
-    def __init__(self, sink):
-        self.sink = sink
-        self.size = 0
-        self._hash = hashlib.sha256()
-
-    def write(self, data) -> int:
-        """Hash, count and forward data."""
-        self._hash.update(data)
-        self.size += len(data)
-        self.sink.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        """Forward flush when the sink has one."""
-        getattr(self.sink, "flush", lambda: None)()
-
-    @property
-    def sha256(self) -> str:
-        """Hex sha256 of everything written."""
-        return self._hash.hexdigest()
-
-
 class HashingReader:
     """Read from source while counting bytes and computing their sha256."""
 
@@ -158,11 +134,6 @@ class HashingReader:
         target[: len(data)] = data
         return len(data)
 
-    def drain(self) -> None:
-        """Read to the end so the hash covers the whole source."""
-        while self.read(1 << 20):
-            pass
-
     @property
     def sha256(self) -> str:
         """Hex sha256 of everything read."""
@@ -170,6 +141,8 @@ class HashingReader:
 
 
 class _Passthrough:
+    """compression "none": bytes go to sink unchanged."""
+
     def __init__(self, sink):
         self.sink = sink
 
@@ -208,7 +181,7 @@ def compressor(compression: str, sink, *, raw_size: int, member: str = "snapshot
     """A writer that compresses into sink; call close() on it at the end (sink stays open)."""
     if compression == "zstd":
         params = zstandard.ZstdCompressionParameters.from_level(
-            level or 3, threads=cpu_count(), job_size=ZSTD_JOB_SIZE, write_checksum=True)
+            level or ZSTD_LEVEL, threads=cpu_count(), job_size=ZSTD_JOB_SIZE, write_checksum=True)
         return zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, size=raw_size, closefd=False)
     if compression == "gzip":
         return gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=level or 6, mtime=int(time.time()), filename="")
@@ -275,40 +248,33 @@ def parse_identities(identities: Iterable[str | bytes]) -> list:
     return parsed
 
 
-def _run_in_thread(name: str, target, pipe: Pipe, reader: BinaryIO | None = None) -> threading.Thread:
-    def run():
+class Encryptor:
+    """A writer whose bytes a thread age-encrypts into sink (pyrage pulls them from a bounded pipe)."""
+
+    def __init__(self, sink, recipients: list):
+        self._plain = Pipe()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(sink, recipients), name="age-encrypt", daemon=True)
+        self._thread.start()
+
+    def _run(self, sink, recipients: list) -> None:
         try:
-            target()
-            pipe.close()
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading side
-            pipe.abort(exc)
+            pyrage.encrypt_io(self._plain, sink, recipients)
+        except BaseException as exc:  # noqa: BLE001 - raised again by close()
+            self._error = exc
         finally:
-            if reader is not None and hasattr(reader, "stop_reading"):
-                reader.stop_reading()
+            self._plain.stop_reading()
 
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    return thread
+    def write(self, data) -> int:
+        """Hand data to the encrypting thread (BrokenPipeError if it failed: close() tells why)."""
+        return self._plain.write(data)
 
-
-def encrypting_pipe(sink, recipients: list) -> tuple[Pipe, threading.Thread]:
-    """A pipe whose bytes a thread encrypts into sink with age; close the pipe, then join the thread."""
-    plain = Pipe()
-    done = Pipe(1)  # carries only the thread's outcome
-
-    def encrypt():
-        pyrage.encrypt_io(plain, sink, recipients)
-
-    thread = _run_in_thread("age-encrypt", encrypt, done, reader=plain)
-    plain.outcome = done  # type: ignore[attr-defined]
-    return plain, thread
-
-
-def finish_encryption(plain: Pipe, thread: threading.Thread) -> None:
-    """Close the encrypting pipe, wait for the thread and raise its error, if any."""
-    plain.close()
-    thread.join()
-    plain.outcome.read()  # type: ignore[attr-defined]
+    def close(self) -> None:
+        """Finish the age stream; raise the encrypting thread's error, if any."""
+        self._plain.close()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def decrypting_reader(source: BinaryIO, identities: list) -> Pipe:
@@ -318,11 +284,13 @@ def decrypting_reader(source: BinaryIO, identities: list) -> Pipe:
     def decrypt():
         try:
             pyrage.decrypt_io(source, out, identities)
+            out.close()
         except pyrage.DecryptError:
-            raise BackupCorrupt("cannot decrypt: no matching identity, or the object is damaged",
-                                step="decrypt") from None
+            out.abort(BackupCorrupt("cannot decrypt: no matching identity, or the object is damaged", step="decrypt"))
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading side
+            out.abort(exc)
 
-    _run_in_thread("age-decrypt", decrypt, out)
+    threading.Thread(target=decrypt, name="age-decrypt", daemon=True).start()
     return out
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
 import grpc
+from google.protobuf.unknown_fields import UnknownFieldSet
 from pyetcd import etcdrpc
 
 from etcd_backup.errors import ConfigError, EtcdUnavailable
@@ -14,7 +15,10 @@ from etcd_backup.errors import ConfigError, EtcdUnavailable
 T = TypeVar("T")
 TRAILER = 32
 MIN_SNAPSHOT_RATE = 2 << 20  # bytes/s the snapshot deadline allows for, at the least
-_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_http_proxy", 0)]
+# A fixed 4 MiB HTTP/2 window: with BDP probing gRPC grows it and buffers tens of MB of snapshot.
+MEMBER_IS_LEARNER, STATUS_IS_LEARNER = 5, 10  # proto field numbers newer than pyetcd's generated code
+_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_http_proxy", 0),
+            ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4 << 20)]
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,11 @@ def _unavailable(exc: grpc.RpcError, step: str, endpoint: str) -> EtcdUnavailabl
     return EtcdUnavailable(f"{code}: {details}", step=step, node=endpoint)
 
 
+def _flag(message, number: int) -> bool:
+    """A bool field pyetcd's old generated code does not know (e.g. isLearner), read from the unknown fields."""
+    return any(f.field_number == number and f.data for f in UnknownFieldSet(message))
+
+
 def members(access: EtcdAccess) -> list[MemberInfo]:
     """The cluster's members, asked of the first endpoint that answers."""
     errors = []
@@ -128,7 +137,7 @@ def members(access: EtcdAccess) -> list[MemberInfo]:
             errors.append(str(exc))
             continue
         return [MemberInfo(id=m.ID, name=m.name, peer_urls=tuple(m.peerURLs), client_urls=tuple(m.clientURLs),
-                           is_learner=bool(getattr(m, "isLearner", False))) for m in resp.members]
+                           is_learner=_flag(m, MEMBER_IS_LEARNER)) for m in resp.members]
     raise EtcdUnavailable("no endpoint answered: " + "; ".join(errors), step="member list")
 
 
@@ -138,7 +147,7 @@ def status(access: EtcdAccess, endpoint: str) -> EndpointStatus:
         etcdrpc.StatusRequest(), timeout=access.timeout))
     return EndpointStatus(endpoint=endpoint, version=resp.version, db_size=resp.dbSize, leader_id=resp.leader,
                           member_id=resp.header.member_id, raft_index=resp.raftIndex, raft_term=resp.raftTerm,
-                          revision=resp.header.revision, is_learner=bool(getattr(resp, "isLearner", False)))
+                          revision=resp.header.revision, is_learner=_flag(resp, STATUS_IS_LEARNER))
 
 
 def key_count(access: EtcdAccess, endpoint: str) -> tuple[int, int]:

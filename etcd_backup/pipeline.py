@@ -6,16 +6,15 @@ import io
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 from etcd_backup import etcd
 from etcd_backup.catalog import Backup, Manifest, format_key, manifest_key, parse_key, read_manifest
-from etcd_backup.codecs import (COMPRESSIONS, DECODE_ERRORS, HashingReader, HashingWriter, Pipe, compressor,
-                                decompressor, decrypting_reader, encrypting_pipe, finish_encryption,
-                                parse_identities, parse_recipients)
+from etcd_backup.codecs import (COMPRESSIONS, DECODE_ERRORS, Encryptor, HashingReader, Pipe,
+                                compressor, decompressor, decrypting_reader, parse_identities, parse_recipients)
 from etcd_backup.errors import BackupCorrupt, ConfigError, EtcdUnavailable, NotFound
 from etcd_backup.snapshot import SnapshotCheck
 from etcd_backup.storage.base import Storage
@@ -59,29 +58,36 @@ def backup(access: etcd.EtcdAccess, storage: Storage, *, cluster_id: str, prefix
     recipient_keys = [r.strip() for r in recipients]
     parsed = parse_recipients(recipient_keys)
     when = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
+    template = _Job(access, storage, cluster_id, prefix, compression, recipient_keys, parsed, when, on_progress,
+                    level)
     errors = []
     for endpoint in etcd.pick_sources(access):
-        job = _Job(access, storage, endpoint, cluster_id, prefix, compression, recipient_keys, parsed, when,
-                   on_progress, level)
         try:
-            return job.run()
+            return replace(template, endpoint=endpoint).run()
         except EtcdUnavailable as exc:
             errors.append(str(exc))
     raise EtcdUnavailable("every source member failed: " + "; ".join(errors), step="backup")
 
 
+@dataclass
 class _Job:
     """One attempt to back up from one endpoint."""
 
-    def __init__(self, access, storage, endpoint, cluster_id, prefix, compression, recipient_keys, recipients,
-                 when, on_progress, level):
-        self.access, self.storage, self.endpoint = access, storage, endpoint
-        self.cluster_id, self.prefix, self.compression = cluster_id, prefix, compression
-        self.recipient_keys, self.recipients, self.when = recipient_keys, recipients, when
-        self.on_progress, self.level = on_progress, level
-        self.error: BaseException | None = None
+    access: etcd.EtcdAccess
+    storage: Storage
+    cluster_id: str
+    prefix: str
+    compression: str
+    recipient_keys: list[str]
+    recipients: list
+    when: datetime
+    on_progress: Progress | None
+    level: int | None
+    endpoint: str = ""
+    error: BaseException | None = None
 
     def run(self) -> BackupRecord:
+        """Stream, check and store the snapshot, then write the manifest."""
         started = time.monotonic()
         st = etcd.status(self.access, self.endpoint)
         member = _member_name(self.access, st.member_id)
@@ -110,17 +116,17 @@ class _Job:
             encrypted=bool(self.recipients), duration_seconds=round(time.monotonic() - started, 3),
             ratio=round(check.size / stored.size, 3) if stored.size else 0.0)
 
-    def _store(self, key: str, stream: etcd.SnapshotStream, member: str) -> tuple[HashingWriter, SnapshotCheck]:
+    def _store(self, key: str, stream: etcd.SnapshotStream, member: str) -> tuple[HashingReader, SnapshotCheck]:
         """Run the producer thread into a pipe that storage.put reads; nothing visible unless all went well."""
         out = Pipe()
-        stored = HashingWriter(out)
+        stored = HashingReader(out)  # hashed on the reading side: spreads the work over both threads
         check = SnapshotCheck(f"{member} ({self.endpoint})")
         member_name = key.rpartition("/")[2].removesuffix(".age").removesuffix(".tar.gz")
-        thread = threading.Thread(target=self._produce, args=(stream, check, stored, out, member_name),
+        thread = threading.Thread(target=self._produce, args=(stream, check, out, member_name),
                                   name="backup-producer", daemon=True)
         thread.start()
         try:
-            self.storage.put(key, out)
+            self.storage.put(key, stored)
         except BaseException:
             cause = self.error  # set before the producer aborted the pipe, so the put failed because of it
             out.stop_reading()
@@ -136,19 +142,18 @@ class _Job:
             raise self.error
         return stored, check
 
-    def _produce(self, stream, check: SnapshotCheck, stored: HashingWriter, out: Pipe, member_name: str) -> None:
+    def _produce(self, stream, check: SnapshotCheck, out: Pipe, member_name: str) -> None:
         try:
-            self._encode(stream, check, stored, member_name)
+            self._encode(stream, check, out, member_name)
             out.close()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.error = exc
             out.abort(exc)
 
-    def _encode(self, stream, check: SnapshotCheck, stored: HashingWriter, member_name: str) -> None:
-        encrypting = encrypting_pipe(stored, self.recipients) if self.recipients else None
-        target = encrypting[0] if encrypting else stored
+    def _encode(self, stream, check: SnapshotCheck, out: Pipe, member_name: str) -> None:
+        encryptor = Encryptor(out, self.recipients) if self.recipients else None
         try:
-            writer = compressor(self.compression, target, raw_size=stream.total, member=member_name,
+            writer = compressor(self.compression, encryptor or out, raw_size=stream.total, member=member_name,
                                 level=self.level)
             reported = 0
             for chunk in stream:
@@ -163,11 +168,11 @@ class _Job:
                                     step="backup", node=stream.endpoint)
             writer.close()
         except BrokenPipeError:
-            if encrypting:  # the encrypting thread failed first: report its error
-                finish_encryption(*encrypting)
+            if encryptor:  # the encrypting thread failed first: report its error
+                encryptor.close()
             raise
-        if encrypting:
-            finish_encryption(*encrypting)
+        if encryptor:
+            encryptor.close()
         if self.on_progress:
             self.on_progress(check.size, stream.total)
 
@@ -244,8 +249,8 @@ def _read_back(storage: Storage, key: str, identities: list, sink: BinaryIO | No
     check = SnapshotCheck(key)
     with storage.open(key) as source:
         stored = HashingReader(source)
+        inner = decrypting_reader(stored, ids) if encrypted else stored
         try:
-            inner = decrypting_reader(stored, ids) if encrypted else stored
             raw = decompressor(compression, inner)
             while chunk := raw.read(1 << 20):
                 check.update(chunk)
@@ -256,6 +261,9 @@ def _read_back(storage: Storage, key: str, identities: list, sink: BinaryIO | No
         except DECODE_ERRORS as exc:
             raise BackupCorrupt(f"cannot decode: {exc.__class__.__name__}: {exc}", step="verify",
                                 node=key) from None
+        finally:
+            if isinstance(inner, Pipe):
+                inner.stop_reading()  # lets the decrypting thread end if we stopped early
     _compare(key, manifest, stored, check)
     return VerifyResult(key=key, size=stored.size, sha256=stored.sha256, raw_size=check.size,
                         raw_sha256=check.sha256, legacy=manifest is None, manifest=manifest)

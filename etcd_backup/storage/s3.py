@@ -61,16 +61,7 @@ class S3Storage:
             raise ConfigError(f"addressing_style must be path, virtual or auto, not {addressing_style!r}", step=f"{self.kind} config")
         self.bucket, self.prefix, self.endpoint_url = bucket, clean_prefix(prefix), endpoint_url
         self.page_size, self.batch_delete = page_size, batch_delete
-        config = botocore.config.Config(
-            signature_version="s3v4",
-            s3={"addressing_style": addressing_style},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_pool_connections=max_concurrency + 2,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
+        config = _boto_config(addressing_style, connect_timeout, read_timeout, max_concurrency + 2)
         self._client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1", verify=verify,
             aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=config,
@@ -160,6 +151,20 @@ class S3Storage:
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return StorageError(f"{where}: no credentials configured", step=step)
         return TransientStorageError(f"{where}: {op} of {key} failed: {_network_reason(exc)}", step=step)
+
+
+def _boto_config(addressing_style: str, connect_timeout: float, read_timeout: float, pool: int) -> botocore.config.Config:
+    """SigV4, modest retries, timeouts, and no checksums unless an operation requires them (UFile)."""
+    return botocore.config.Config(
+        signature_version="s3v4",
+        s3={"addressing_style": addressing_style},
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=pool,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
 
 
 class _Translate:

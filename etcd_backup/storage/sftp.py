@@ -50,7 +50,7 @@ class SFTPStorage:
                           host_fingerprint=host_fingerprint, timeout=timeout)
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def describe(self) -> str:
         """'sftp://user@host:port/directory'."""
@@ -207,5 +207,6 @@ class SFTPStorage:
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
             return StorageError(f"{where}: permission denied for {self.user} on {self.host}:{path}", step=step)
         if isinstance(exc, (paramiko.SSHException, EOFError, ConnectionError, TimeoutError, socket.timeout)) or not self._alive():
+            self.close()  # the next call reconnects
             return TransientStorageError(f"{where}: connection to {self.host}:{self.port} lost during {op} of {path}: {exc.__class__.__name__}: {exc}", step=step)
         return StorageError(f"{where}: {op} of {path} failed: {exc}", step=step)

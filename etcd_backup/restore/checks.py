@@ -1,0 +1,42 @@
+"""Checks of a restored cluster run from the flow process: every member healthy, the right members, data counted."""
+
+from __future__ import annotations
+
+import time
+
+from etcd_backup import etcd
+from etcd_backup.cluster import ClusterSpec
+from etcd_backup.errors import EtcdUnavailable, RestoreRefused
+
+POLL = 1.0
+
+
+def wait_healthy(access: etcd.EtcdAccess, timeout: float) -> dict[str, str]:
+    """Wait until every endpoint answers a linearizable read; EtcdUnavailable with each endpoint's state if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = etcd.health(access)
+        if all(state == "ok" for state in health.values()):
+            return health
+        if time.monotonic() > deadline:
+            bad = "; ".join(f"{e}: {s}" for e, s in health.items() if s != "ok")
+            raise EtcdUnavailable(f"not every member is healthy after {timeout:.0f} s: {bad}", step="wait healthy")
+        time.sleep(POLL)
+
+
+def check_members(access: etcd.EtcdAccess, spec: ClusterSpec) -> list[str]:
+    """Raise unless the member list is exactly the spec's nodes with their peer URLs; returns 'name=peer' lines."""
+    found = sorted(f"{m.name}={','.join(m.peer_urls)}" for m in etcd.members(access))
+    wanted = sorted(f"{n.name}={spec.peer_url(n)}" for n in spec.nodes)
+    if found != wanted:
+        raise RestoreRefused(f"member list is {found}, expected {wanted}", step="check members")
+    return found
+
+
+def count_data(access: etcd.EtcdAccess) -> dict[str, dict[str, int]]:
+    """Per endpoint: the revision and number of keys it serves now."""
+    counts = {}
+    for endpoint in access.endpoints:
+        revision, keys = etcd.key_count(access, endpoint)
+        counts[endpoint] = {"revision": revision, "keys": keys}
+    return counts

@@ -1,0 +1,112 @@
+"""What a restore needs to know about each node beyond etcd_backup.facts: its etcd.conf, kube services and files."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import posixpath
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from etcd_backup import facts
+from etcd_backup.cluster import ClusterSpec, MasterNode, NodeLayout
+from etcd_backup.errors import EtcdBackupError
+from etcd_backup.nodes import Node
+
+log = logging.getLogger(__name__)
+
+KUBE_SERVICES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+CONTROL_PLANE_FILES = ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf")
+IFCFG = ("ifcfg-lo:internal", "ifcfg-lo:external")
+
+_SCRIPT = """\
+f() {{ k=$1; shift; if "$@"; then echo "$k=1"; else echo "$k=0"; fi; }}
+bin() {{ test -s "$1" && test -x "$1"; }}
+if test -s {etcd_conf}; then echo "conf=$(base64 -w0 {etcd_conf})"; fi
+echo "etcd_enabled=$(systemctl is-enabled etcd 2>/dev/null | head -n 1)"
+for u in {services}; do echo "active.$u=$(systemctl is-active $u 2>/dev/null | head -n 1)"; done
+f hyperkube bin {hyperkube}
+f kubectl bin {kubectl}
+f kubeconfig test -s {kubeconfig}
+f apiserver_conf test -s {apiserver_conf}
+f ifcfg-lo:internal test -s {network}/ifcfg-lo:internal
+f ifcfg-lo:external test -s {network}/ifcfg-lo:external
+units() {{ cd {unit_dir} 2>/dev/null && for u in kube-*.service; do test -s "$u" && echo "$u"; done; }}
+echo "kube_units=$(units | tr '\\n' ' ')"
+"""
+
+
+@dataclass(frozen=True)
+class RestoreFacts:
+    """A node's facts (etcd_backup.facts.NodeFacts) plus its etcd.conf text and Kubernetes control-plane state."""
+
+    node: facts.NodeFacts
+    conf_text: str | None = None
+    etcd_enabled: bool = False
+    kube_active: tuple[str, ...] = ()
+    files: dict[str, bool] = field(default_factory=dict)
+    kube_units: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The node's etcd member name."""
+        return self.node.name
+
+    @property
+    def missing(self) -> list[str]:
+        """The etcd files the node lacks (etcdutl is optional: 3.3/3.4 have none)."""
+        return [k for k in self.node.missing if k != "etcdutl_bin"]
+
+    @property
+    def has_control_plane(self) -> bool:
+        """True when hyperkube, kubectl, the kubeconfig, the apiserver config and kube-* units are all there."""
+        return all(self.files.get(k) for k in CONTROL_PLANE_FILES) and bool(self.kube_units)
+
+
+def script(layout: NodeLayout) -> str:
+    """The shell script that reads one node's restore facts in one SSH command."""
+    return _SCRIPT.format(
+        etcd_conf=shlex.quote(layout.etcd_conf), services=" ".join(KUBE_SERVICES),
+        hyperkube=shlex.quote(layout.hyperkube), kubectl=shlex.quote(layout.kubectl),
+        kubeconfig=shlex.quote(posixpath.join(layout.kubeconfig_dir, "config")),
+        apiserver_conf=shlex.quote(layout.apiserver_conf), network=shlex.quote(layout.network_scripts),
+        unit_dir=shlex.quote(layout.unit_dir))
+
+
+def parse(base: facts.NodeFacts, output: str) -> RestoreFacts:
+    """RestoreFacts from the base facts and the script's KEY=VALUE output."""
+    values = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    try:
+        conf = base64.b64decode(values["conf"]).decode(errors="replace") if values.get("conf") else None
+    except binascii.Error:
+        conf = None
+    return RestoreFacts(
+        node=base, conf_text=conf, etcd_enabled=values.get("etcd_enabled", "").strip() == "enabled",
+        kube_active=tuple(u for u in KUBE_SERVICES if values.get(f"active.{u}", "").strip() == "active"),
+        files={k: values.get(k) == "1" for k in (*CONTROL_PLANE_FILES, *IFCFG)},
+        kube_units=tuple(values.get("kube_units", "").split()))
+
+
+def gather_one(spec: ClusterSpec, member: MasterNode, base: facts.NodeFacts, *, timeout: float = 30.0) -> RestoreFacts:
+    """The restore facts of one node (only the base facts when it is unreachable)."""
+    if not base.reachable:
+        return RestoreFacts(node=base)
+    node = Node.of(spec, member)
+    node.connect_timeout = timeout
+    log.info("%s: step facts: reading etcd.conf, kube services and control-plane files", node)
+    try:
+        with node:
+            result = node.run(script(spec.layout), timeout=timeout, check=False)
+    except EtcdBackupError as exc:
+        unreachable = facts.NodeFacts(name=base.name, ip=base.ip, reachable=False, error=exc.message)
+        return RestoreFacts(node=unreachable)
+    return parse(base, result.stdout)
+
+
+def gather(spec: ClusterSpec, *, timeout: float = 30.0) -> list[RestoreFacts]:
+    """The restore facts of every node, checked concurrently, in spec order."""
+    bases = facts.gather(spec, timeout=timeout)
+    with ThreadPoolExecutor(max_workers=max(1, len(bases))) as pool:
+        return list(pool.map(lambda mb: gather_one(spec, mb[0], mb[1], timeout=timeout), zip(spec.nodes, bases)))

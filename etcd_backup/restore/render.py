@@ -1,0 +1,61 @@
+"""Markdown for people: the plan before a restore (every command, every file copied) and the report after it."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from etcd_backup.restore.actions import Write
+from etcd_backup.restore.executor import ExecutionReport
+from etcd_backup.restore.plan import RestorePlan
+
+
+def plan_markdown(plan: RestorePlan, title: str = "Restore plan") -> str:
+    """The full plan: snapshot, retained node, per node every step with its commands, copies and undo."""
+    s = plan.snapshot
+    lines = [f"# {title}: {plan.cluster_id}", "",
+             f"- backup: `{s.key}` ({s.raw_size} bytes raw, sha256 `{s.raw_sha256[:16]}…`"
+             + (f", revision {s.revision}, {s.key_count} keys" if s.revision is not None else ", legacy: no manifest")
+             + ")",
+             f"- retained node: **{plan.retained}**; run id `{plan.run_id}`; new cluster token `{plan.token}`",
+             "- restore tool per node: " + ", ".join(f"{n}: `{t}`" for n, t in plan.tools.items()), ""]
+    lines += [f"- {note}" for note in plan.notes]
+    for phase, steps in plan.phases():
+        lines += ["", f"## {phase}"]
+        for step in steps:
+            flag = " *(changes the node)*" if step.destructive else ""
+            lines += ["", f"### {step.node}: {step.title}{flag}"]
+            for action in step.actions:
+                lines.append(f"1. {action.describe()}")
+                if isinstance(action, Write):
+                    lines += ["", "   ```", *(f"   {line}" for line in action.text.splitlines()), "   ```"]
+            if step.undo:
+                lines.append("")
+                lines += [f"   - undo: {u.describe()}" for u in step.undo]
+            if step.note:
+                lines.append(f"   - note: {step.note}")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(plan: RestorePlan, report: ExecutionReport) -> str:
+    """Per node what was done and how long each step took, then the restored revision and key count."""
+    outcome = "succeeded" if report.ok else ("FAILED and was rolled back" if report.rolled_back else "FAILED")
+    lines = [f"# Restore of {plan.cluster_id} {outcome}", "",
+             f"- backup `{plan.snapshot.key}`, retained node {plan.retained}, run id `{plan.run_id}`, "
+             f"{report.seconds:.1f} s in all"]
+    if report.error:
+        lines.append(f"- error: {report.error}")
+    if report.rolled_back:
+        lines.append("- every node was put back as it was: old data dirs moved back, files restored from the "
+                     "copies kept aside, etcd started again where it ran"
+                     + ("" if not report.rollback_errors else "; BUT some undo steps failed:"))
+        lines += [f"  - {e}" for e in report.rollback_errors]
+    lines += ["", "| node | phase | step | status | seconds | undo seconds | error |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(report.results, key=lambda r: (r.node, report.results.index(r))):
+        undo = "" if r.undo_seconds is None else f"{r.undo_seconds:.1f}"
+        lines.append(f"| {r.node} | {r.phase} | {r.title} | {r.status} | {r.seconds:.1f} | {undo} | "
+                     f"{(r.error or '').replace('|', '/')[:300]} |")
+    data = report.checks.get("data")
+    if isinstance(data, dict):
+        lines += ["", "| member endpoint | revision | keys |", "|---|---|---|"]
+        lines += [f"| {urlparse(e).netloc} | {v['revision']} | {v['keys']} |" for e, v in data.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""The diagnose flow: look at the cluster and its nodes, name the runbook case and the restore run that fixes it."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from blocks import EtcdCluster
+from etcd_backup.diagnose import Diagnosis, diagnose
+from etcd_backup.facts import NodeFacts
+from flows.report import artifact_key, human_size
+from tasks import diagnose as steps
+
+
+@flow(name="etcd-diagnose")
+def diagnose_cluster(cluster: str) -> dict:
+    """Check endpoint health, the member list and every node, then say which restore case applies and what to run."""
+    spec = EtcdCluster.load(cluster).spec()
+    health = steps.endpoint_health.submit(cluster)
+    members = steps.member_list.submit(cluster)
+    facts = steps.node_facts.submit(cluster)
+    found = facts.result()
+    diagnosis = diagnose(spec, found, health.result(), members.result())
+    commands = [run_command(a.flow, cluster, a.parameters) for a in diagnosis.actions]
+    create_markdown_artifact(report(spec.cluster_id, diagnosis, found, commands),
+                             key=artifact_key("diagnosis", spec.cluster_id),
+                             description=f"Diagnosis of {spec.cluster_id}: {diagnosis.case}")
+    get_run_logger().info("%s", diagnosis.summary)
+    return {"cluster": cluster, **diagnosis.to_dict(), "commands": commands, "facts": [asdict(f) for f in found]}
+
+
+def run_command(flow_name: str, cluster: str, parameters: dict[str, str]) -> str:
+    """The CLI line that starts the flow's deployment for this cluster."""
+    params = " ".join(f"-p {shlex.quote(f'{k}={v}')}" for k, v in parameters.items())
+    return f"prefect deployment run {shlex.quote(f'{flow_name}/{cluster}')} {params}"
+
+
+def report(cluster_id: str, diagnosis: Diagnosis, facts: list[NodeFacts], commands: list[str]) -> str:
+    """The markdown artifact: the case, what to run, and a table of the nodes."""
+    by_name = {f.name: f for f in facts}
+    lines = [f"# Diagnosis of {cluster_id}", "", f"**Case: {diagnosis.title}**", "",
+             f"Quorum: {'kept' if diagnosis.quorum else 'lost'}", ""]
+    for action, command in zip(diagnosis.actions, commands):
+        params = ", ".join(f"`{k}={v}`" for k, v in action.parameters.items())
+        lines += [f"Run flow `{action.flow}` with {params}" + ("" if action.ready else f" (first: {action.note})"),
+                  "", "```", command, "```", ""]
+    if not diagnosis.actions:
+        lines += ["Nothing to run." if diagnosis.case == "healthy" else diagnosis.summary, ""]
+    lines += ["| node | IP | state | etcd health | member | etcd | service | data dir | free | notes |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in diagnosis.nodes:
+        f = by_name.get(n.name)
+        member = "?" if n.is_member is None else ("yes" if n.is_member else "no")
+        reach = f is not None and f.reachable
+        lines.append(" | ".join([
+            f"| {n.name}", n.ip, n.state, _cell(n.health), member,
+            (f.etcd_version or "-") if reach else "-",
+            ("active" if f.etcd_active else "inactive") if reach else "-",
+            ("present" if f.data_dir_present else "absent") if reach else "-",
+            human_size(f.free_bytes) if reach and f.free_bytes is not None else "-",
+            _cell("; ".join(n.notes)) + " |"]))
+    lines += [""] + [f"- {note}" for note in diagnosis.findings]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text safe in a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")[:300]

@@ -1,0 +1,51 @@
+"""Safety machinery every restore flow shares: the typed-name confirmation gate and the plan/report artifacts."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+
+from etcd_backup.errors import RestoreRefused
+from etcd_backup.restore.executor import ExecutionReport
+from etcd_backup.restore.plan import RestorePlan
+from etcd_backup.restore.render import plan_markdown, report_markdown
+from flows.report import artifact_key
+
+
+class ConfirmRestore(RunInput):
+    """Type the cluster's name to let the restore change the nodes."""
+
+    cluster_name: str = ""
+
+
+def confirm_or_refuse(cluster_id: str, what: str, timeout: int = 600, poll_interval: int = 5) -> None:
+    """Pause the run until someone types the cluster's name in the UI; a wrong name or no answer refuses."""
+    description = (f"**{what}** will change every node of etcd cluster `{cluster_id}`. Read the plan artifact, "
+                   f"then type the cluster name `{cluster_id}` to go on. Anything else stops the run, nothing changed.")
+    try:
+        answer = pause_flow_run(wait_for_input=ConfirmRestore.with_initial_data(description=description),
+                                timeout=timeout, poll_interval=poll_interval, key="confirm-restore")
+    except Exception as exc:  # FlowPauseTimeout, or a resume without input
+        raise RestoreRefused(f"no confirmation within {timeout} s ({exc.__class__.__name__}); nothing was changed",
+                             step="confirm") from None
+    if answer.cluster_name.strip() != cluster_id:
+        raise RestoreRefused(f"the name typed ({answer.cluster_name.strip()!r}) is not the cluster's name "
+                             f"{cluster_id!r}; nothing was changed", step="confirm")
+    get_run_logger().info("confirmed by typing the cluster name %s", cluster_id)
+
+
+def plan_artifact(plan: RestorePlan, dry_run: bool) -> str:
+    """Publish the full plan as a markdown artifact; returns its key."""
+    key = artifact_key("restore-plan", plan.cluster_id)
+    title = "Dry run: restore plan (nothing was changed)" if dry_run else "Restore plan"
+    create_markdown_artifact(plan_markdown(plan, title), key=key, description=f"{title} for {plan.cluster_id}")
+    return key
+
+
+def report_artifact(plan: RestorePlan, report: ExecutionReport) -> str:
+    """Publish what was done per node, the step timings and the restored data as a markdown artifact."""
+    key = artifact_key("restore-report", plan.cluster_id)
+    create_markdown_artifact(report_markdown(plan, report), key=key, description=f"Restore of {plan.cluster_id}")
+    return key

@@ -1,0 +1,294 @@
+"""Whole-cluster restore (quorum lost) on the test fleet, through a real Prefect API, for etcd 3.5.1 and 3.4.23.
+
+Fault injection used here: a node's restore tool (etcdutl on 3.5, etcdctl on 3.4) is
+replaced in place by a script that runs the real binary (kept in the node's /root) for
+everything but `snapshot restore`, which fails. The facts and plan see a working tool,
+so the failure happens midway, after every other node has been stopped, set aside and
+restored: the rollback must put every node back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterState,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+from pyrage import x25519
+
+from blocks import AgeIdentity, EtcdCluster, LocalStorage
+from etcd_backup import pipeline
+from etcd_backup.catalog import manifest_key
+from etcd_backup.cluster import MasterNode
+from etcd_backup.etcd import EtcdAccess
+from etcd_backup.storage.local import LocalStorage as LocalStore
+from flows.restore_cluster import restore_cluster
+from tests.fleet.data import fill
+
+pytestmark = [pytest.mark.restore, pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
+CLUSTER_ID = "uk8s-restoretest"
+KUBE = "kube-apiserver kube-controller-manager kube-scheduler"
+
+
+class Setup:
+    """A filled fleet, its backup in a local storage block, and its EtcdCluster block.
+
+    kind: "zstd" (this tool's default), "age" (zstd + age, decrypted with an AgeIdentity block) or
+    "legacy" (the old plugin's *.db.tar.gz without a manifest).
+    """
+
+    def __init__(self, fleet, tmp_path, kind: str = "zstd"):
+        self.fleet = fleet
+        with fleet.client() as client:
+            fill(client, 400, 700)
+            client.put("/registry/secrets/kube-system/raw", b"\x00\xff binary \x01")
+            self.data = {m.key: v for v, m in client.get_all()}
+        self.dir = tmp_path / "backups"
+        pki = fleet.pki
+        access = EtcdAccess(tuple(fleet.endpoints), ca=pki.ca.read_text(), cert=pki.cert.read_text(),
+                            key=pki.key.read_text())
+        self.identity = None
+        recipients = []
+        if kind == "age":
+            key = x25519.Identity.generate()
+            recipients = [str(key.to_public())]
+            self.identity = f"age-{secrets.token_hex(4)}"
+            AgeIdentity(identity=str(key)).save(self.identity)
+        store = LocalStore(self.dir)
+        self.record = pipeline.backup(access, store, cluster_id=CLUSTER_ID, recipients=recipients,
+                                      compression="tar.gz" if kind == "legacy" else "zstd")
+        if kind == "legacy":
+            store.delete([manifest_key(self.record.key)])
+        self.storage_name = f"restore-{secrets.token_hex(4)}"
+        LocalStorage(directory=str(self.dir)).save(self.storage_name)
+        self.storage = f"local-directory-storage/{self.storage_name}"
+        self.cluster = f"cluster-{secrets.token_hex(4)}"
+        self.save_block()
+
+    def save_block(self) -> None:
+        """(Re)save the cluster block with the fleet's current host keys, as an operator would after a rebuild."""
+        pki = self.fleet.pki
+        EtcdCluster(cluster_id=CLUSTER_ID, endpoints=self.fleet.endpoints, ca_pem=pki.ca.read_text(),
+                    cert_pem=pki.cert.read_text(), key_pem=pki.key.read_text(),
+                    nodes=[MasterNode(name=n.name, ip=n.ip) for n in self.fleet.nodes], ssh_user="root",
+                    ssh_private_key=self.fleet.ssh_private_key, known_hosts=self.fleet.known_hosts
+                    ).save(self.cluster, overwrite=True)
+
+    def run(self, **params):
+        """Run the flow and return its final state (never raises)."""
+        return restore_cluster(cluster=self.cluster, storage=self.storage, identity=self.identity,
+                               return_state=True, **params)
+
+
+@pytest.fixture
+def setup(request, prefect_api, fleet, tmp_path):
+    return Setup(fleet, tmp_path, getattr(request, "param", "zstd"))
+
+
+def assert_restored(setup: Setup, result: dict) -> None:
+    fleet = setup.fleet
+    fleet.wait_healthy(60)
+    members = json.loads(fleet.etcdctl("member", "list", "-w", "json").stdout)["members"]
+    assert sorted((m["name"], m["peerURLs"]) for m in members) == [(n.name, [n.peer_url]) for n in fleet.nodes]
+    with fleet.client() as client:
+        assert {m.key: v for v, m in client.get_all()} == setup.data
+    initial = ",".join(f"{n.name}=https://{n.ip}:2380" for n in fleet.nodes)
+    for node in fleet.nodes:
+        conf = node.path("/etc/etcd/etcd.conf").read_text()
+        assert f'ETCD_INITIAL_CLUSTER_TOKEN="{result["token"]}"' in conf
+        assert f'ETCD_INITIAL_CLUSTER="{initial}"' in conf and f"ETCD_NAME={node.name}\n" in conf
+        assert f'ETCD_LISTEN_PEER_URLS="https://{node.ip}:2380"' in conf
+
+
+def assert_control_plane(node) -> None:
+    log = "\n".join(node.systemctl_log())
+    assert all(f"enable --now {u}" in log for u in KUBE.split()) and "restart network" in log
+    assert f"--advertise-address={node.ip} \\" in node.path("/etc/kubernetes/apiserver").read_text()
+    for name in ("ifcfg-lo:internal", "ifcfg-lo:external"):
+        assert node.path(f"/etc/sysconfig/network-scripts/{name}").stat().st_size > 0
+    assert os.access(node.path("/usr/local/bin/hyperkube"), os.X_OK)
+    assert node.path("/root/.kube/config").stat().st_size > 0
+
+
+def snapshot_of(node) -> dict:
+    """Everything a restore could change on a node: file contents (inodes for a running member's db/WAL)."""
+    running = node.ssh("systemctl is-active etcd", check=False).stdout.strip() == "active"
+    state = {"running": running, "systemctl": node.systemctl_log(),
+             "var/lib": sorted(os.listdir(node.path("/var/lib")))}
+    for path in sorted(p for p in node.root.rglob("*") if p.is_file() and ".state" not in p.parts):
+        rel = str(path.relative_to(node.root))
+        live = running and re.search(r"default\.etcd/member/(wal|snap)/", rel)
+        if live and rel.endswith(".tmp"):
+            continue  # a running etcd re-creates its preallocated next WAL file when it starts
+        state[rel] = path.stat().st_ino if live else hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def artifacts(state) -> dict[str, str]:
+    """The markdown artifacts of the flow run, by key."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    return {a.key: a.data for a in found}
+
+
+def fleet_state(fleet) -> dict:
+    return {n.name: snapshot_of(n) for n in fleet.nodes}
+
+
+# --- end to end --------------------------------------------------------------------
+
+@pytest.mark.parametrize("etcd_version,setup", [("3.5.1", "zstd"), ("3.4.23", "age")], indirect=True)
+def test_restore_after_two_members_failed(setup, etcd_version):
+    fleet = setup.fleet
+    fleet.node("etcd1").ssh("systemctl start kube-apiserver kube-scheduler")
+    fleet.lose_quorum("fail")
+    state = setup.run(confirm=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["retained"] == "etcd1" and result["backup"] == setup.record.key
+    assert_restored(setup, result)
+    log = fleet.node("etcd1").systemctl_log()  # the apiserver was stopped for the restore, then started again
+    assert any(line.endswith(" stop kube-apiserver") for line in log)
+    assert log[-2].endswith(" start kube-apiserver") and log[-1].endswith(" restart kube-scheduler")
+    for node in fleet.nodes:  # old data kept aside, never deleted
+        assert list(node.path("/var/lib").glob("etcd.bak-*/default.etcd/member/snap/db"))
+    fleet.node("etcd2").ssh("systemctl restart etcd")  # the rewritten etcd.conf works for a later restart
+    fleet.wait_healthy(60)
+    counts = result["data"]
+    assert len(counts) == 3 and {v["keys"] for v in counts.values()} == {len(setup.data)}
+    report = artifacts(state)[result["report"]]
+    assert "succeeded" in report
+    for node in fleet.nodes:
+        assert f"| {node.name} | restore | snapshot restore | done |" in report
+        assert re.search(rf"\| {node.ip}:2379 \| \d+ \| {len(setup.data)} \|", report)
+
+
+@pytest.mark.parametrize("etcd_version,setup", [("3.5.1", "legacy"), ("3.4.23", "zstd")], indirect=True)
+def test_restore_after_two_nodes_were_deleted_with_control_plane(setup, etcd_version):
+    fleet = setup.fleet
+    lost = fleet.lose_quorum("delete")
+    setup.save_block()
+    state = setup.run(confirm=True, restore_control_plane=True)
+    assert state.is_completed(), state.message
+    assert state.result()["backup"] == setup.record.key
+    assert_restored(setup, state.result())
+    for node in lost:
+        assert_control_plane(node)
+        assert node.path("/usr/lib/systemd/system/etcd.service").stat().st_size > 0
+    assert not [line for line in fleet.node("etcd1").systemctl_log() if "enable --now kube" in line]
+
+
+# --- safety --------------------------------------------------------------------------
+
+def test_dry_run_changes_nothing_and_publishes_the_plan(setup):
+    fleet = setup.fleet
+    healthy = setup.run(dry_run=True)
+    assert healthy.is_failed() and "etcd-restore-member" in healthy.message  # quorum holds: not this flow
+    fleet.lose_quorum("delete")
+    stale = setup.run(dry_run=True)  # the block still has the deleted machines' host keys
+    assert stale.is_failed() and "host key" in stale.message and "etcd2" in stale.message
+    setup.save_block()
+    before = fleet_state(fleet)
+    state = setup.run(dry_run=True, restore_control_plane=True)
+    assert state.is_completed(), state.message
+    assert fleet_state(fleet) == before
+    plan = artifacts(state)[state.result()["plan"]]
+    assert "Dry run" in plan and "nothing was changed" in plan
+    for node in fleet.nodes:
+        assert f"--name={node.name}" in plan and f"--initial-advertise-peer-urls=https://{node.ip}:2380" in plan
+    assert "copy file etcd1:/usr/bin/etcd -> /usr/bin/etcd" in plan and "systemctl restart network" in plan
+
+
+def test_corrupt_backup_is_refused_before_any_node_changes(setup):
+    fleet = setup.fleet
+    fleet.lose_quorum("fail")
+    stored = setup.dir / setup.record.key
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    before = fleet_state(fleet)
+    state = setup.run(confirm=True)
+    assert state.is_failed() and "BackupCorrupt" in state.message, state.message
+    assert fleet_state(fleet) == before
+
+
+def _paused_run(cluster: str):
+    with get_client(sync_client=True) as client:
+        for _ in range(600):
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            found = [r for r in runs if r.parameters.get("cluster") == cluster]
+            if found:
+                return found[0]
+            time.sleep(0.5)
+    raise AssertionError("the restore never paused for confirmation")
+
+
+def _in_thread(fn):
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(state=fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_confirmation_gate_refuses_a_wrong_name_then_accepts_the_right_one(setup):
+    fleet = setup.fleet
+    fleet.lose_quorum("fail")
+    before = fleet_state(fleet)
+    thread, box = _in_thread(lambda: setup.run())
+    resume_flow_run(_paused_run(setup.cluster).id, run_input={"cluster_name": "uk8s-someother"})
+    thread.join(300)
+    assert box["state"].is_failed() and "is not the cluster's name" in box["state"].message
+    assert fleet_state(fleet) == before
+
+    thread, box = _in_thread(lambda: setup.run())
+    resume_flow_run(_paused_run(setup.cluster).id, run_input={"cluster_name": CLUSTER_ID})
+    thread.join(600)
+    assert box["state"].is_completed(), box["state"].message
+    assert_restored(setup, box["state"].result())
+
+
+def _inject_restore_failure(node, etcd_version: str) -> None:
+    tool = "etcdutl" if etcd_version.startswith("3.5") else "etcdctl"
+    real = node.path(f"/root/{tool}.real")
+    shutil.copyfile(node.path(f"/usr/bin/{tool}"), real)
+    real.chmod(0o755)
+    script = (f'#!/bin/sh\nif [ "$1" = snapshot ] && [ "$2" = restore ]; then\n'
+              f'  echo "injected failure of snapshot restore" >&2; exit 1\nfi\nexec /root/{tool}.real "$@"\n')
+    with open(node.path(f"/usr/bin/{tool}"), "r+b") as f:  # in place: the path is a bind mount
+        f.truncate(0)
+        f.write(script.encode())
+
+
+@pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
+def test_failure_midway_rolls_every_node_back(setup, etcd_version):
+    fleet = setup.fleet
+    fleet.lose_quorum("fail")
+    _inject_restore_failure(fleet.node("etcd3"), etcd_version)
+    before = fleet_state(fleet)
+    state = setup.run(confirm=True)
+    assert state.is_failed() and "rolled back" in state.message and "injected failure" in state.message
+    after = fleet_state(fleet)
+    for name in before:
+        assert after[name]["running"] == before[name]["running"]
+        changed = {k for k in before[name]
+                   if k not in ("systemctl", "var/lib") and before[name][k] != after[name].get(k)}
+        assert not changed, f"{name}: {sorted(changed)[:5]}"
+        added = [k for k in after[name] if k not in before[name] and not k.startswith("var/lib/etcd-restore-")]
+        assert not added, f"{name}: {added[:5]}"
+        assert [d for d in after[name]["var/lib"] if d not in before[name]["var/lib"]] == \
+            [d for d in after[name]["var/lib"] if d.startswith("etcd-restore-")]
+    assert after["etcd1"]["running"]
+    report = artifacts(state)["restore-report-uk8s-restoretest"]
+    assert "FAILED and was rolled back" in report and "| etcd3 | restore | snapshot restore | failed |" in report

@@ -1,0 +1,299 @@
+"""Pure parts of the restore: version decisions, etcd.conf rewrite, retained node, backup choice, plan, undo order."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+
+from etcd_backup.catalog import Backup, Manifest
+from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
+from etcd_backup.errors import BackupCorrupt, NodeError, RestoreRefused
+from etcd_backup.facts import FILE_KEYS, NodeFacts
+from etcd_backup.restore import commands as c
+from etcd_backup.restore.actions import Run, Step
+from etcd_backup.restore.conf import rewrite_conf
+from etcd_backup.restore.executor import Executor
+from etcd_backup.restore.facts import RestoreFacts
+from etcd_backup.restore.plan import (RestoreOptions, SnapshotInfo, choose_retained, plan_cluster_restore,
+                                      refuse_if_quorum)
+from etcd_backup.restore.source import choose_backup
+
+pytestmark = pytest.mark.restore
+
+IPS = {"etcd1": "10.23.166.234", "etcd2": "10.23.172.172", "etcd3": "10.23.95.6"}
+CONF = """#[Member]
+ETCD_NAME=etcd1
+ETCD_DATA_DIR="/var/lib/etcd/default.etcd"
+ETCD_LISTEN_PEER_URLS="https://10.23.166.234:2380"
+ETCD_INITIAL_ADVERTISE_PEER_URLS="https://10.23.166.234:2380"
+ETCD_ADVERTISE_CLIENT_URLS="https://10.23.166.234:2379,https://10.23.166.2349:1"
+ETCD_INITIAL_CLUSTER="etcd1=https://10.23.166.234:2380,etcd2=https://10.23.172.172:2380,etcd3=https://10.23.95.6:2380"
+ETCD_INITIAL_CLUSTER_STATE="new"
+ETCD_INITIAL_CLUSTER_TOKEN="etcd-cluster"
+"""
+SNAP = SnapshotInfo(key="uk8s-x-backup-etcd-3.5.1-2024-01-01T00-00-00.db.zst", raw_size=10 << 20,
+                    raw_sha256="ab" * 32, revision=100, key_count=50, etcd_version="3.5.1")
+OPTIONS = RestoreOptions(run_id="20240101T000000Z")
+
+
+def spec() -> ClusterSpec:
+    return ClusterSpec(cluster_id="uk8s-x", ca_pem="ca", cert_pem="cert", key_pem="key",
+                       nodes=[MasterNode(name=n, ip=ip) for n, ip in IPS.items()],
+                       ssh=SSHAccess(private_key="k"))
+
+
+def node_facts(name: str, *, files: bool = True, version: str = "3.5.1", active: bool = False,
+               reachable: bool = True, free: int | None = 50 << 30, etcdutl: bool | None = None,
+               kube: bool = True, kube_active: tuple = ()) -> RestoreFacts:
+    have = {k: files for k in FILE_KEYS}
+    have["etcdutl_bin"] = files and (version >= "3.5" if etcdutl is None else etcdutl)
+    base = NodeFacts(name=name, ip=IPS[name], reachable=reachable, error=None if reachable else "timed out",
+                     files=have if reachable else {}, etcd_version=version if files else None,
+                     etcd_active=active, data_dir_present=files, free_bytes=free)
+    cp = {k: files and kube for k in ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf",
+                                      "ifcfg-lo:internal", "ifcfg-lo:external")}
+    units = ("kube-apiserver.service", "kube-scheduler.service") if files and kube else ()
+    return RestoreFacts(node=base, conf_text=CONF.replace("etcd1", name).replace(IPS["etcd1"], IPS[name])
+                        if files else None, etcd_enabled=files, kube_active=kube_active, files=cp, kube_units=units)
+
+
+def deleted(version="3.5.1", **kw):
+    """Case 3.2.2: etcd1 kept, etcd2 and etcd3 recreated bare."""
+    return [node_facts("etcd1", version=version, active=True, **kw), node_facts("etcd2", files=False),
+            node_facts("etcd3", files=False)]
+
+
+def commands(plan, node, phase=None):
+    return [a.cmd for s in plan.for_node(node) if phase in (None, s.phase) for a in s.actions if isinstance(a, Run)]
+
+
+# --- decisions -----------------------------------------------------------------
+
+@pytest.mark.parametrize("version,bump", [
+    ("3.3.17", False), ("3.4.23", False), ("3.4.26", False), ("3.4.27", True), ("3.4.30", True),
+    ("3.5.1", False), ("3.5.9", False), ("3.5.10", True), ("3.5.17", True), ("3.6.0", True), ("v3.6.4", True)])
+def test_bump_revision_only_where_etcd_has_it(version, bump):
+    assert c.supports_bump(c.parse_version(version)) is bump
+
+
+@pytest.mark.parametrize("version,etcdutl,tool", [
+    ("3.3.17", False, "etcdctl"), ("3.4.23", False, "etcdctl"), ("3.5.1", True, "etcdutl"),
+    ("3.5.1", False, "etcdctl"), ("3.6.0", True, "etcdutl"), ("3.6.0", False, None)])
+def test_restore_tool_by_version(version, etcdutl, tool):
+    assert c.restore_tool(c.parse_version(version), etcdutl) == tool
+
+
+def test_conf_rewrite_follows_the_runbook_loop_and_sets_the_new_cluster():
+    out = rewrite_conf(CONF, name="etcd2", source_ip=IPS["etcd1"], node_ip=IPS["etcd2"],
+                       initial_cluster="a=https://1.1.1.1:2380", token="tok-1")
+    assert "ETCD_NAME=etcd2\n" in out
+    assert 'ETCD_LISTEN_PEER_URLS="https://10.23.172.172:2380"' in out
+    assert "https://10.23.166.2349:1" in out  # a longer address is not touched
+    assert 'ETCD_INITIAL_CLUSTER="a=https://1.1.1.1:2380"' in out
+    assert 'ETCD_INITIAL_CLUSTER_TOKEN="tok-1"' in out and 'ETCD_INITIAL_CLUSTER_STATE="existing"' in out
+    assert IPS["etcd1"] + ":" not in out and out.count("ETCD_NAME=") == 1
+
+
+def test_conf_rewrite_adds_missing_cluster_keys():
+    out = rewrite_conf("ETCD_NAME=x\n", name="etcd1", source_ip="1", node_ip="1", initial_cluster="ic", token="t")
+    assert 'ETCD_INITIAL_CLUSTER_TOKEN="t"' in out and 'ETCD_INITIAL_CLUSTER="ic"' in out
+
+
+def test_retained_node_prefers_full_nodes_and_refuses_without_one():
+    facts = [node_facts("etcd1", kube=False), node_facts("etcd2", active=True), node_facts("etcd3", files=False)]
+    assert choose_retained(facts).name == "etcd2"
+    assert choose_retained(facts, "etcd1").name == "etcd1"
+    with pytest.raises(RestoreRefused, match="lacks"):
+        choose_retained(facts, "etcd3")
+    with pytest.raises(RestoreRefused, match="no reachable node"):
+        choose_retained([node_facts("etcd1", files=False), node_facts("etcd2", reachable=False)])
+
+
+def test_whole_cluster_restore_is_refused_while_quorum_holds():
+    health = {"https://a:2379": "ok", "https://b:2379": "ok", "https://c:2379": "DEADLINE_EXCEEDED"}
+    with pytest.raises(RestoreRefused, match="etcd-restore-member"):
+        refuse_if_quorum(health, 3, force=False)
+    refuse_if_quorum(health, 3, force=True)
+    refuse_if_quorum({**health, "https://b:2379": "UNAVAILABLE"}, 3, force=False)
+
+
+# --- backup choice -----------------------------------------------------------------
+
+def backup(key_time: str, *, complete=True, legacy=False, cluster="uk8s-x", compression="zstd", manifest_cluster=None):
+    when = datetime.strptime(key_time, "%Y-%m-%dT%H-%M-%S").replace(tzinfo=timezone.utc)
+    ext = {"zstd": ".db.zst", "tar.gz": ".db.tar.gz", "none": ".db"}[compression]
+    key = f"{cluster}-backup-etcd-3.5.1-{key_time}{ext}"
+    manifest = None
+    if complete:
+        manifest = Manifest(cluster=manifest_cluster or cluster, key=key, size=1, sha256="0", raw_size=1,
+                            raw_sha256="0", revision=1, revision_exact=True, key_count=1, etcd_version="3.5.1",
+                            source_member="etcd1", source_endpoint="e", created=when, compression=compression)
+    return Backup(key=key, cluster_id=cluster, time=when, size=1, compression=compression, encrypted=False,
+                  complete=complete, legacy=legacy, manifest=manifest)
+
+
+def test_latest_is_the_newest_complete_backup_else_the_newest_legacy_one():
+    old, new, partial = backup("2024-01-01T00-00-00"), backup("2024-02-01T00-00-00"), backup(
+        "2024-03-01T00-00-00", complete=False)
+    legacy = backup("2024-04-01T00-00-00", complete=False, legacy=True, compression="tar.gz")
+    assert choose_backup([old, new, partial, legacy], "uk8s-x").key == new.key
+    assert choose_backup([partial, legacy], "uk8s-x").key == legacy.key
+    with pytest.raises(RestoreRefused, match="no complete backup"):
+        choose_backup([partial], "uk8s-x")
+
+
+def test_a_named_backup_must_be_this_clusters_and_usable():
+    ok, partial = backup("2024-01-01T00-00-00"), backup("2024-03-01T00-00-00", complete=False)
+    plain = backup("2024-05-01T00-00-00", complete=False, compression="none")
+    assert choose_backup([ok, partial, plain], "uk8s-x", ok.key) is ok
+    assert choose_backup([ok, plain], "uk8s-x", plain.key) is plain
+    with pytest.raises(RestoreRefused, match="incomplete"):
+        choose_backup([partial], "uk8s-x", partial.key)
+    foreign = backup("2024-01-01T00-00-00", cluster="uk8s-other")
+    with pytest.raises(RestoreRefused, match="not a backup of uk8s-x"):
+        choose_backup([foreign], "uk8s-x", foreign.key)
+    renamed = backup("2024-01-01T00-00-00", manifest_cluster="uk8s-other")
+    with pytest.raises(BackupCorrupt, match="uk8s-other"):
+        choose_backup([renamed], "uk8s-x", renamed.key)
+
+
+# --- the plan ------------------------------------------------------------------------
+
+def test_plan_for_deleted_nodes_refills_them_and_restores_every_member():
+    plan = plan_cluster_restore(spec(), deleted(), SNAP, None, "tok-1", OPTIONS)
+    assert plan.retained == "etcd1"
+    assert [p for p, _ in plan.phases()] == ["stop", "refill", "configure", "set-aside", "upload", "restore",
+                                             "start", "check"]
+    assert not [s for s in plan.for_node("etcd1") if s.phase == "refill"]
+    refill = commands(plan, "etcd2", "refill")
+    assert any("/etc/etcd" in cmd and "saved" in cmd for cmd in refill) and "systemctl daemon-reload" in refill
+    copied = [a.path for s in plan.for_node("etcd2") if s.phase == "refill" for a in s.actions if hasattr(a, "source")]
+    assert copied == ["/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/bin/etcdutl", "/etc/etcd", "/etc/kubernetes",
+                      "/usr/lib/systemd/system/etcd.service"]
+    initial = ",".join(f"{n}=https://{ip}:2380" for n, ip in IPS.items())
+    for name, ip in IPS.items():
+        [restore] = commands(plan, name, "restore")
+        assert restore.startswith("/usr/bin/etcdutl snapshot restore /var/lib/etcd-restore-20240101T000000Z/")
+        assert f"--name={name}" in restore and f"--initial-advertise-peer-urls=https://{ip}:2380" in restore
+        assert f"--initial-cluster={initial}" in restore and "--initial-cluster-token=tok-1" in restore
+        assert "--data-dir=/var/lib/etcd/default.etcd" in restore and "--bump-revision" not in restore
+        assert commands(plan, name, "set-aside") == [
+            "if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.bak-20240101T000000Z; fi && "
+            "mkdir -p /var/lib/etcd"]
+        assert commands(plan, name, "start") == ["systemctl enable --now etcd"]
+        [conf] = [a for s in plan.for_node(name) if s.phase == "configure" for a in s.actions if hasattr(a, "text")]
+        assert f"ETCD_NAME={name}\n" in conf.text and f'ETCD_LISTEN_PEER_URLS="https://{ip}:2380"' in conf.text
+    assert "systemctl stop etcd" in commands(plan, "etcd1", "stop")
+    assert all(s.destructive for s in plan.steps if s.phase in ("stop", "refill", "configure", "set-aside",
+                                                                  "restore", "start"))
+
+
+def test_plan_on_34_nodes_uses_etcdctl_and_bumps_where_supported():
+    plan = plan_cluster_restore(spec(), deleted(version="3.4.23"), SNAP, None, "t", OPTIONS)
+    [restore] = commands(plan, "etcd3", "restore")
+    assert restore.startswith("ETCDCTL_API=3 /usr/bin/etcdctl snapshot restore") and "--bump-revision" not in restore
+    facts = [node_facts(n, version="3.4.27") for n in IPS]
+    [restore] = commands(plan_cluster_restore(spec(), facts, SNAP, None, "t", OPTIONS), "etcd2", "restore")
+    assert "--bump-revision=1000000000" in restore and "--mark-compacted" in restore
+
+
+def test_plan_for_failed_members_keeps_their_files_and_restarts_apiservers():
+    facts = [node_facts("etcd1", active=True, kube_active=("kube-apiserver", "kube-scheduler")),
+             node_facts("etcd2"), node_facts("etcd3")]
+    plan = plan_cluster_restore(spec(), facts, SNAP, "etcd1", "t", OPTIONS)
+    assert not [s for s in plan.steps if s.phase == "refill"]
+    stop = [s for s in plan.for_node("etcd1") if s.phase == "stop"][0]
+    assert [a.cmd for a in stop.actions] == ["systemctl stop kube-apiserver", "systemctl stop etcd"]
+    assert stop.undo[0].cmd.startswith("timeout ") and stop.undo[1].cmd == "systemctl start kube-apiserver"
+    assert commands(plan, "etcd1", "kubernetes") == ["systemctl start kube-apiserver",
+                                                     "systemctl restart kube-scheduler"]
+    assert commands(plan, "etcd2", "kubernetes") == []
+
+
+def test_plan_with_control_plane_runs_the_runbooks_last_step_on_rebuilt_nodes():
+    plan = plan_cluster_restore(spec(), deleted(), SNAP, None, "t", RestoreOptions("r", restore_control_plane=True))
+    cmds = commands(plan, "etcd3", "kubernetes")
+    assert f"sed -i 's/\\(advertise-address=\\).*\\( \\)/\\1{IPS['etcd3']}\\2/' /etc/kubernetes/apiserver" in cmds
+    assert "systemctl enable --now kube-apiserver kube-controller-manager kube-scheduler" in cmds
+    assert cmds[-1] == "systemctl restart network"
+    copied = {a.path for s in plan.for_node("etcd3") if s.phase == "kubernetes" for a in s.actions
+              if hasattr(a, "source")}
+    assert copied == {"/usr/local/bin/hyperkube", "/usr/local/bin/kubectl", "/root/.kube",
+                      "/usr/lib/systemd/system/kube-apiserver.service",
+                      "/usr/lib/systemd/system/kube-scheduler.service",
+                      "/etc/sysconfig/network-scripts/ifcfg-lo:internal",
+                      "/etc/sysconfig/network-scripts/ifcfg-lo:external"}
+    assert commands(plan, "etcd1", "kubernetes") == []
+    with pytest.raises(RestoreRefused, match="restore_control_plane"):
+        plan_cluster_restore(spec(), deleted(kube=False), SNAP, None, "t", RestoreOptions("r", True))
+
+
+def test_plan_refuses_unreachable_nodes_and_small_disks():
+    facts = deleted()
+    facts[2] = node_facts("etcd3", reachable=False)
+    with pytest.raises(RestoreRefused, match="etcd3.*timed out"):
+        plan_cluster_restore(spec(), facts, SNAP, None, "t", OPTIONS)
+    facts[2] = node_facts("etcd3", files=False, free=15 << 20)
+    with pytest.raises(RestoreRefused, match="free disk"):
+        plan_cluster_restore(spec(), facts, SNAP, None, "t", OPTIONS)
+
+
+# --- commands run for real on a scratch tree --------------------------------------------
+
+def sh(cmd: str) -> None:
+    subprocess.run(["sh", "-c", cmd], check=True)
+
+
+def test_save_and_put_back_restore_files_trees_and_data_dirs(tmp_path):
+    run, conf, tree, data = (str(tmp_path / p) for p in ("run", "etc/etcd.conf", "etc/kube", "lib/etcd/default.etcd"))
+    (tmp_path / "etc/kube").mkdir(parents=True)
+    (tmp_path / "etc/etcd.conf").write_text("old")
+    (tmp_path / "etc/kube/a").write_text("a")
+    (tmp_path / "lib/etcd/default.etcd/member").mkdir(parents=True)
+    for cmd in (c.save(conf, run), c.save(conf, run), c.save(tree, run), c.save(str(tmp_path / "new"), run)):
+        sh(cmd)
+    (tmp_path / "etc/etcd.conf").write_text("new")
+    (tmp_path / "etc/kube/b").write_text("b")
+    (tmp_path / "new").write_text("created")
+    sh(c.set_aside(data, "r1"))
+    assert (tmp_path / "lib/etcd.bak-r1/default.etcd/member").is_dir() and not any((tmp_path / "lib/etcd").iterdir())
+    (tmp_path / "lib/etcd/default.etcd").mkdir()
+    for cmd in (c.put_back_data(data, "r1"), c.put_back_file(conf, run), c.put_back_tree(tree, run),
+                c.put_back_file(str(tmp_path / "new"), run)):
+        sh(cmd)
+    assert (tmp_path / "etc/etcd.conf").read_text() == "old"
+    assert sorted(p.name for p in (tmp_path / "etc/kube").iterdir()) == ["a"]
+    assert not (tmp_path / "new").exists() and (tmp_path / "run/undone" / str(tmp_path / "new")[1:]).exists()
+    assert (tmp_path / "lib/etcd/default.etcd/member").is_dir() and not (tmp_path / "lib/etcd.bak-r1").exists()
+
+
+# --- executor: undo in reverse order -----------------------------------------------------
+
+class FakeNode:
+    def __init__(self, name, log, fail_on=None):
+        self.name, self.log, self.fail_on = name, log, fail_on
+
+    def run(self, cmd, timeout=0):
+        self.log.append((self.name, cmd))
+        if cmd == self.fail_on:
+            raise NodeError("exited 1", step="run", node=self.name)
+
+
+def test_executor_undoes_started_destructive_steps_newest_first():
+    log: list = []
+    nodes = {"a": FakeNode("a", log), "b": FakeNode("b", log, fail_on="restore b")}
+    phases = [("stop", [Step(n, "stop", "stop", (Run(f"stop {n}"),), True, (Run(f"start {n}"),)) for n in "ab"]),
+              ("set-aside", [Step(n, "set-aside", "aside", (Run(f"aside {n}"),), True, (Run(f"back {n}"),))
+                             for n in "ab"]),
+              ("restore", [Step(n, "restore", "restore", (Run(f"restore {n}"),), True) for n in "ab"]),
+              ("start", [Step(n, "start", "start", (Run(f"go {n}"),), True, (Run(f"halt {n}"),)) for n in "ab"])]
+    report = Executor(nodes, None).run(phases)
+    assert not report.ok and report.rolled_back
+    assert "[restore: restore on b]" in report.error
+    undo = [cmd for _, cmd in log if cmd.startswith(("start", "back", "halt"))]
+    assert sorted(undo[:2]) == ["back a", "back b"] and sorted(undo[2:]) == ["start a", "start b"]
+    assert not any(cmd.startswith("go") for _, cmd in log)
+    statuses = {(r.node, r.phase): r.status for r in report.results}
+    assert statuses[("b", "restore")] == "failed" and statuses[("a", "stop")] == "undone"
