@@ -9,6 +9,7 @@ from deployments.config import BackupSchedule
 from flows.backup import backup_etcd, list_backups, prune_backups
 from flows.diagnose import diagnose_cluster
 from flows.restore_cluster import restore_cluster
+from flows.restore_member import restore_member
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
@@ -37,6 +38,7 @@ def manual_deployments(schedule: BackupSchedule) -> list:
             (prune_backups, {**both, "keep": schedule.keep}),
             (diagnose_cluster, {"cluster": schedule.cluster}),
             (restore_cluster, both),
+            (restore_member, {"cluster": schedule.cluster}),
         )
     ]
 

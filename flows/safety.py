@@ -9,8 +9,9 @@ from prefect.input import RunInput
 
 from etcd_backup.errors import RestoreRefused
 from etcd_backup.restore.executor import ExecutionReport
+from etcd_backup.restore.member import MemberPlan
 from etcd_backup.restore.plan import RestorePlan
-from etcd_backup.restore.render import plan_markdown, report_markdown
+from etcd_backup.restore.render import member_plan_markdown, member_report_markdown, plan_markdown, report_markdown
 from flows.report import artifact_key
 
 
@@ -22,7 +23,7 @@ class ConfirmRestore(RunInput):
 
 def confirm_or_refuse(cluster_id: str, what: str, timeout: int = 600, poll_interval: int = 5) -> None:
     """Pause the run until someone types the cluster's name in the UI; a wrong name or no answer refuses."""
-    description = (f"**{what}** will change every node of etcd cluster `{cluster_id}`. Read the plan artifact, "
+    description = (f"**{what}** will change nodes of etcd cluster `{cluster_id}`. Read the plan artifact, "
                    f"then type the cluster name `{cluster_id}` to go on. Anything else stops the run, nothing changed.")
     try:
         answer = pause_flow_run(wait_for_input=ConfirmRestore.with_initial_data(description=description),
@@ -48,4 +49,20 @@ def report_artifact(plan: RestorePlan, report: ExecutionReport) -> str:
     """Publish what was done per node, the step timings and the restored data as a markdown artifact."""
     key = artifact_key("restore-report", plan.cluster_id)
     create_markdown_artifact(report_markdown(plan, report), key=key, description=f"Restore of {plan.cluster_id}")
+    return key
+
+
+def member_plan_artifact(plan: MemberPlan, dry_run: bool) -> str:
+    """Publish the full member replacement plan as a markdown artifact; returns its key."""
+    key = artifact_key("member-plan", plan.cluster_id)
+    title = "Dry run: member replacement plan (nothing was changed)" if dry_run else "Member replacement plan"
+    create_markdown_artifact(member_plan_markdown(plan, title), key=key, description=f"{title} for {plan.failed}")
+    return key
+
+
+def member_report_artifact(plan: MemberPlan, report: ExecutionReport) -> str:
+    """Publish what the member replacement did, step timings and the final member list as a markdown artifact."""
+    key = artifact_key("member-report", plan.cluster_id)
+    create_markdown_artifact(member_report_markdown(plan, report), key=key,
+                             description=f"Replacement of {plan.failed} in {plan.cluster_id}")
     return key

@@ -115,3 +115,34 @@ def test_served_deployment_fires_on_schedule(prefect_server, etcd_cluster, tmp_p
     assert runs, (tmp_path / "serve.log").read_text()[-3000:]
     assert runs[0]["parameters"]["cluster"] == "sched" and runs[0]["auto_scheduled"]
     assert any(p.name.endswith(".db.zst.manifest.json") for p in (tmp_path / "backups").iterdir())
+
+
+def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters():
+    import importlib
+    import inspect
+
+    import yaml
+
+    spec = yaml.safe_load(open("prefect.yaml"))
+    for deployment in spec["deployments"]:
+        path, name = deployment["entrypoint"].split(":")
+        module = path.removesuffix(".py").replace("/", ".")
+        flow = getattr(importlib.import_module(module), name)
+        signature = inspect.signature(flow.fn)
+        params = deployment.get("parameters") or {}
+        assert set(params) <= set(signature.parameters), deployment
+        signature.bind_partial(**params)
+        for schedule in deployment.get("schedules", []):
+            BackupSchedule(cluster="x", storage="a/b", cron=schedule["cron"], timezone=schedule["timezone"])
+
+
+def test_served_deployments_are_named_after_the_cluster():
+    from deployments.serve import all_deployments
+
+    deployments = all_deployments([BackupSchedule(cluster="prod", storage="ufile-storage/prod")])
+    names = {(d.flow_name, d.name) for d in deployments}
+    assert {("etcd-backup", "prod"), ("etcd-diagnose", "prod"), ("etcd-restore-cluster", "prod"),
+            ("etcd-restore-member", "prod")} <= names
+    [backup] = [d for d in deployments if d.flow_name == "etcd-backup"]
+    assert backup.concurrency_limit == 1 and backup.concurrency_options.collision_strategy == "ENQUEUE"
+    assert backup.schedules[0].schedule.cron == "0 0 * * *"

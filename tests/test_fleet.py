@@ -197,6 +197,7 @@ def test_runbook_member_replacement_works_by_hand_on_the_fleet(fleet):
     with fleet.client() as client:
         fill(client, 50, 200)
     fleet.fail_member(failed)
+    fleet.wait_healthy(nodes=[healthy_node, fleet.nodes[2]])  # the runbook's step 2: endpoint health first
     env = RUNBOOK_ENV.format(endpoints=",".join(f"{n.ip}:2379" for n in fleet.nodes))
     members = healthy_node.ssh(env + "etcdctl member list").stdout
     member_id = next(line.split(",")[0] for line in members.splitlines() if f" {failed.name}," in line)

@@ -9,20 +9,12 @@ restored: the rollback must put every node back.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import secrets
 import shutil
-import threading
-import time
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterState,
-                                            FlowRunFilterStateType)
-from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 from pyrage import x25519
 
@@ -34,10 +26,10 @@ from etcd_backup.etcd import EtcdAccess
 from etcd_backup.storage.local import LocalStorage as LocalStore
 from flows.restore_cluster import restore_cluster
 from tests.fleet.data import fill
+from tests.restore_helpers import artifacts, assert_control_plane, fleet_state, in_thread, paused_run
 
 pytestmark = [pytest.mark.restore, pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 CLUSTER_ID = "uk8s-restoretest"
-KUBE = "kube-apiserver kube-controller-manager kube-scheduler"
 
 
 class Setup:
@@ -108,42 +100,6 @@ def assert_restored(setup: Setup, result: dict) -> None:
         assert f'ETCD_INITIAL_CLUSTER_TOKEN="{result["token"]}"' in conf
         assert f'ETCD_INITIAL_CLUSTER="{initial}"' in conf and f"ETCD_NAME={node.name}\n" in conf
         assert f'ETCD_LISTEN_PEER_URLS="https://{node.ip}:2380"' in conf
-
-
-def assert_control_plane(node) -> None:
-    log = "\n".join(node.systemctl_log())
-    assert all(f"enable --now {u}" in log for u in KUBE.split()) and "restart network" in log
-    assert f"--advertise-address={node.ip} \\" in node.path("/etc/kubernetes/apiserver").read_text()
-    for name in ("ifcfg-lo:internal", "ifcfg-lo:external"):
-        assert node.path(f"/etc/sysconfig/network-scripts/{name}").stat().st_size > 0
-    assert os.access(node.path("/usr/local/bin/hyperkube"), os.X_OK)
-    assert node.path("/root/.kube/config").stat().st_size > 0
-
-
-def snapshot_of(node) -> dict:
-    """Everything a restore could change on a node: file contents (inodes for a running member's db/WAL)."""
-    running = node.ssh("systemctl is-active etcd", check=False).stdout.strip() == "active"
-    state = {"running": running, "systemctl": node.systemctl_log(),
-             "var/lib": sorted(os.listdir(node.path("/var/lib")))}
-    for path in sorted(p for p in node.root.rglob("*") if p.is_file() and ".state" not in p.parts):
-        rel = str(path.relative_to(node.root))
-        live = running and re.search(r"default\.etcd/member/(wal|snap)/", rel)
-        if live and rel.endswith(".tmp"):
-            continue  # a running etcd re-creates its preallocated next WAL file when it starts
-        state[rel] = path.stat().st_ino if live else hashlib.sha256(path.read_bytes()).hexdigest()
-    return state
-
-
-def artifacts(state) -> dict[str, str]:
-    """The markdown artifacts of the flow run, by key."""
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-    return {a.key: a.data for a in found}
-
-
-def fleet_state(fleet) -> dict:
-    return {n.name: snapshot_of(n) for n in fleet.nodes}
 
 
 # --- end to end --------------------------------------------------------------------
@@ -223,37 +179,18 @@ def test_corrupt_backup_is_refused_before_any_node_changes(setup):
     assert fleet_state(fleet) == before
 
 
-def _paused_run(cluster: str):
-    with get_client(sync_client=True) as client:
-        for _ in range(600):
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
-            found = [r for r in runs if r.parameters.get("cluster") == cluster]
-            if found:
-                return found[0]
-            time.sleep(0.5)
-    raise AssertionError("the restore never paused for confirmation")
-
-
-def _in_thread(fn):
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(state=fn()), daemon=True)
-    thread.start()
-    return thread, box
-
-
 def test_confirmation_gate_refuses_a_wrong_name_then_accepts_the_right_one(setup):
     fleet = setup.fleet
     fleet.lose_quorum("fail")
     before = fleet_state(fleet)
-    thread, box = _in_thread(lambda: setup.run())
-    resume_flow_run(_paused_run(setup.cluster).id, run_input={"cluster_name": "uk8s-someother"})
+    thread, box = in_thread(lambda: setup.run())
+    resume_flow_run(paused_run(setup.cluster).id, run_input={"cluster_name": "uk8s-someother"})
     thread.join(300)
     assert box["state"].is_failed() and "is not the cluster's name" in box["state"].message
     assert fleet_state(fleet) == before
 
-    thread, box = _in_thread(lambda: setup.run())
-    resume_flow_run(_paused_run(setup.cluster).id, run_input={"cluster_name": CLUSTER_ID})
+    thread, box = in_thread(lambda: setup.run())
+    resume_flow_run(paused_run(setup.cluster).id, run_input={"cluster_name": CLUSTER_ID})
     thread.join(600)
     assert box["state"].is_completed(), box["state"].message
     assert_restored(setup, box["state"].result())

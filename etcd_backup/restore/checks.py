@@ -40,3 +40,14 @@ def count_data(access: etcd.EtcdAccess) -> dict[str, dict[str, int]]:
         revision, keys = etcd.key_count(access, endpoint)
         counts[endpoint] = {"revision": revision, "keys": keys}
     return counts
+
+
+def check_member(access: etcd.EtcdAccess, spec: ClusterSpec, name: str) -> list[str]:
+    """Raise unless every member has started and `name` is listed with its peer URL; returns 'name=peer' lines."""
+    found = etcd.members(access)
+    lines = sorted(f"{m.name or '(unstarted)'}={','.join(m.peer_urls)}" for m in found)
+    peer = spec.peer_url(spec.node(name))
+    if not any(m.name == name and peer in m.peer_urls for m in found) or any(not m.name for m in found):
+        raise RestoreRefused(f"member list is {lines}: expected every member started and {name}={peer}",
+                             step="check members", node=name)
+    return lines

@@ -61,7 +61,7 @@ def write_sshd_files(state: Path, ip: str, authorized_key: str) -> str:
     return public
 
 
-def start_sshd(root: Path, ip: str, timeout: float = 20) -> tuple[int, str]:
+def start_sshd(root: Path, ip: str, timeout: float = 60) -> tuple[int, str]:
     """Start the node's sshd in a new mount namespace; return (pid, mount namespace id)."""
     state = root / ".state"
     mounts = [(root / path.lstrip("/"), path) for path in MOUNTS] + [(state / "systemctl", "/usr/bin/systemctl")]
@@ -71,8 +71,9 @@ def start_sshd(root: Path, ip: str, timeout: float = 20) -> tuple[int, str]:
     deadline = time.monotonic() + timeout
     while not _listening(ip):
         if proc.poll() is not None or time.monotonic() > deadline:
+            how = f"exited with {proc.returncode}" if proc.poll() is not None else f"not listening after {timeout} s"
             procs.kill(proc.pid, timeout=0)
-            raise RuntimeError(f"sshd for node {ip} did not start:\n{procs.log_tail(state / 'sshd.out')}\n"
+            raise RuntimeError(f"sshd for node {ip} did not start ({how}):\n{procs.log_tail(state / 'sshd.out')}\n"
                                f"{procs.log_tail(state / 'sshd.log')}")
         time.sleep(0.02)
     return proc.pid, os.readlink(f"/proc/{proc.pid}/ns/mnt")

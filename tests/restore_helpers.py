@@ -1,0 +1,71 @@
+"""Helpers shared by the restore end-to-end tests: node snapshots, artifacts, the paused run, control-plane checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterState,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
+
+KUBE = "kube-apiserver kube-controller-manager kube-scheduler"
+
+
+def assert_control_plane(node) -> None:
+    log = "\n".join(node.systemctl_log())
+    assert all(f"enable --now {u}" in log for u in KUBE.split()) and "restart network" in log
+    assert f"--advertise-address={node.ip} \\" in node.path("/etc/kubernetes/apiserver").read_text()
+    for name in ("ifcfg-lo:internal", "ifcfg-lo:external"):
+        assert node.path(f"/etc/sysconfig/network-scripts/{name}").stat().st_size > 0
+    assert os.access(node.path("/usr/local/bin/hyperkube"), os.X_OK)
+    assert node.path("/root/.kube/config").stat().st_size > 0
+
+
+def snapshot_of(node) -> dict:
+    """Everything a restore could change on a node: file contents (inodes for a running member's db/WAL)."""
+    running = node.ssh("systemctl is-active etcd", check=False).stdout.strip() == "active"
+    state = {"running": running, "systemctl": node.systemctl_log(),
+             "var/lib": sorted(os.listdir(node.path("/var/lib")))}
+    for path in sorted(p for p in node.root.rglob("*") if p.is_file() and ".state" not in p.parts):
+        rel = str(path.relative_to(node.root))
+        live = running and re.search(r"default\.etcd/member/(wal|snap)/", rel)
+        if live and rel.endswith(".tmp"):
+            continue  # a running etcd re-creates its preallocated next WAL file when it starts
+        state[rel] = path.stat().st_ino if live else hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def artifacts(state) -> dict[str, str]:
+    """The markdown artifacts of the flow run, by key."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    return {a.key: a.data for a in found}
+
+
+def fleet_state(fleet) -> dict:
+    return {n.name: snapshot_of(n) for n in fleet.nodes}
+
+
+def paused_run(cluster: str):
+    with get_client(sync_client=True) as client:
+        for _ in range(600):
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            found = [r for r in runs if r.parameters.get("cluster") == cluster]
+            if found:
+                return found[0]
+            time.sleep(0.5)
+    raise AssertionError("the restore never paused for confirmation")
+
+
+def in_thread(fn):
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(state=fn()), daemon=True)
+    thread.start()
+    return thread, box
