@@ -51,8 +51,12 @@ class BackupRecord:
 
 def backup(access: etcd.EtcdAccess, storage: Storage, *, cluster_id: str, prefix: str = "",
            compression: str = "zstd", recipients: Iterable[str] = (), on_progress: Progress | None = None,
-           now: datetime | None = None, level: int | None = None) -> BackupRecord:
-    """Stream a snapshot of the cluster into storage, verified, with its manifest written last."""
+           now: datetime | None = None, level: int | None = None,
+           sources: Iterable[str] | None = None) -> BackupRecord:
+    """Stream a snapshot of the cluster into storage, verified, with its manifest written last.
+
+    `sources` is the member order to try (default: etcd.pick_sources, leader first).
+    """
     if compression not in COMPRESSIONS:
         raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
     recipient_keys = [r.strip() for r in recipients]
@@ -61,7 +65,7 @@ def backup(access: etcd.EtcdAccess, storage: Storage, *, cluster_id: str, prefix
     template = _Job(access, storage, cluster_id, prefix, compression, recipient_keys, parsed, when, on_progress,
                     level)
     errors = []
-    for endpoint in etcd.pick_sources(access):
+    for endpoint in sources or etcd.pick_sources(access):
         try:
             return replace(template, endpoint=endpoint).run()
         except EtcdUnavailable as exc:

@@ -21,8 +21,8 @@ def backup_etcd(cluster: str, storage: str, keep: int = 7, compression: str = "z
         raise ConfigError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}", step="parameters")
     Policy.parse(keep)
     cluster_id = EtcdCluster.load(cluster).cluster_id
-    steps.choose_sources(cluster)
-    record = steps.snapshot_to_storage(cluster, storage, compression, list(encrypt_to))
+    sources = steps.choose_sources(cluster)
+    record = steps.snapshot_to_storage(cluster, storage, compression, list(encrypt_to), sources)
     plan = steps.plan_retention(cluster, storage, keep)
     removed = steps.prune(storage, plan, dry_run=False)
     backup_report(cluster_id, record, plan, removed, dry_run=False)

@@ -32,8 +32,9 @@ def choose_sources(cluster: str) -> list[str]:
 
 @task(name="snapshot-to-storage", task_run_name="snapshot-{cluster}-to-{storage}", cache_policy=NO_CACHE,
       timeout_seconds=6 * 3600, **RETRY)
-def snapshot_to_storage(cluster: str, storage: str, compression: str, encrypt_to: list[str]) -> dict:
-    """Stream one verified snapshot into storage, manifest last; returns the backup record."""
+def snapshot_to_storage(cluster: str, storage: str, compression: str, encrypt_to: list[str],
+                        sources: list[str]) -> dict:
+    """Stream one verified snapshot into storage from the first source that works, manifest last."""
     block = EtcdCluster.load(cluster)
     store = load_storage(storage).build()
     logger = get_run_logger()
@@ -41,7 +42,7 @@ def snapshot_to_storage(cluster: str, storage: str, compression: str, encrypt_to
     progress = _Progress(key=f"backup-progress-{_slug(block.cluster_id)}")
     try:
         record = pipeline.backup(block.access(), store, cluster_id=block.cluster_id, compression=compression,
-                                 recipients=encrypt_to, on_progress=progress)
+                                 recipients=encrypt_to, on_progress=progress, sources=sources)
     finally:
         store.close()
     progress(1, 1)

@@ -16,16 +16,10 @@ from etcd_backup.errors import NodeError
 pytestmark = [pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def shared_fleet(tmp_path_factory, fleet_pki):
+@pytest.fixture
+def shared_fleet(module_fleet):
     """One running fleet for the read-only tests of this module."""
-    if os.geteuid() != 0:
-        pytest.skip("master nodes need root: mount namespaces and sshd on port 22 of the node IPs")
-    from tests.fleet.nodes import Fleet
-
-    started = Fleet(tmp_path_factory.mktemp("fleet"), fleet_pki).start()
-    yield started
-    started.stop()
+    return module_fleet
 
 
 def _access(fleet, known_hosts: str | None = None) -> SSHAccess:

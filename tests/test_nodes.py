@@ -24,16 +24,10 @@ def fleet_spec(fleet, known_hosts: str | None = None) -> ClusterSpec:
     )
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory, fleet_pki):
+@pytest.fixture
+def fleet(module_fleet):
     """One fleet for the whole module (these tests write only their own files)."""
-    if os.geteuid() != 0:
-        pytest.skip("master nodes need root: mount namespaces and sshd on port 22 of the node IPs")
-    from tests.fleet.nodes import Fleet
-
-    started = Fleet(tmp_path_factory.mktemp("fleet"), fleet_pki).start()
-    yield started
-    started.stop()
+    return module_fleet
 
 
 @pytest.fixture

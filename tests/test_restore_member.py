@@ -16,10 +16,9 @@ import shutil
 import pytest
 from prefect.flow_runs import resume_flow_run
 
-from blocks import EtcdCluster
-from etcd_backup.cluster import MasterNode
 from flows.restore_member import restore_member
-from tests.restore_helpers import artifacts, assert_control_plane, fleet_state, in_thread, paused_run
+from tests.restore_helpers import (artifacts, assert_control_plane, fleet_state, in_thread, paused_run,
+                                   save_cluster_block)
 
 pytestmark = [pytest.mark.restore, pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 CLUSTER_ID = "uk8s-membertest"
@@ -50,12 +49,7 @@ class Setup:
 
     def save_block(self) -> None:
         """(Re)save the cluster block with the fleet's current host keys, as an operator would after a rebuild."""
-        pki = self.fleet.pki
-        EtcdCluster(cluster_id=CLUSTER_ID, endpoints=self.fleet.endpoints, ca_pem=pki.ca.read_text(),
-                    cert_pem=pki.cert.read_text(), key_pem=pki.key.read_text(),
-                    nodes=[MasterNode(name=n.name, ip=n.ip) for n in self.fleet.nodes], ssh_user="root",
-                    ssh_private_key=self.fleet.ssh_private_key, known_hosts=self.fleet.known_hosts
-                    ).save(self.cluster, overwrite=True)
+        save_cluster_block(self.fleet, CLUSTER_ID, self.cluster)
 
     def run(self, **params):
         """Run the flow and return its final state (never raises)."""

@@ -78,7 +78,8 @@ def test_membership_changes_come_last_after_every_undoable_preparation():
     assert {s.node for s in p.steps if s.phase in ("remove", "add")} == {"etcd1"}
     assert {s.node for s in p.steps if s.phase in ("stop", "refill", "configure", "set-aside", "start")} == {"etcd2"}
     remove, = runs(p, "remove")
-    assert remove.endswith("/usr/bin/etcdctl member remove 45b4ced6b6a33ef5")
+    assert "/usr/bin/etcdctl member remove 45b4ced6b6a33ef5 2>&1" in remove
+    assert '*"request timed out"*' in remove and '*"member not found"*) echo "$out"; exit 0' in remove
     assert "ETCDCTL_CACERT=/etc/kubernetes/ssl/ca.pem" in remove and "ETCDCTL_API=3" in remove
     assert "https://10.23.97.19:2379" not in remove  # only healthy endpoints
     add, = runs(p, "add")
@@ -170,3 +171,28 @@ def test_refuses_a_member_list_that_does_not_match_the_block():
     with pytest.raises(RestoreRefused, match="not a node of the cluster block"):
         plan(member_list=[*members("etcd1", "etcd2", "etcd3"), odd],
              state={**health("etcd2"), "https://10.9.9.9:2379": "ok"})
+
+
+def _script(path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_membership_commands_wait_out_an_election_and_accept_an_already_removed_member(tmp_path):
+    import subprocess
+
+    from etcd_backup.restore.member import retrying
+
+    count = tmp_path / "count"
+    flaky = _script(tmp_path / "flaky", f'n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}\n'
+                                        'if [ "$n" -lt 1 ]; then echo "Error: etcdserver: request timed out"; exit 1; fi\n'
+                                        'echo "Member 45b4ced6b6a33ef5 removed"\n')
+    done = _script(tmp_path / "done", 'echo "Error: etcdserver: member not found"; exit 1\n')
+    broken = _script(tmp_path / "broken", 'echo "Error: permission denied"; exit 1\n')
+    run = lambda cmd: subprocess.run(["bash", "-c", retrying(cmd, tries=3)], capture_output=True, text=True)  # noqa: E731
+    assert run(flaky).returncode == 0 and count.read_text() == "2\n"
+    assert run(done).returncode == 1  # without done_if, "not found" is an error
+    assert subprocess.run(["bash", "-c", retrying(done, done_if="member not found")]).returncode == 0
+    failed = run(broken)
+    assert failed.returncode == 1 and "permission denied" in failed.stderr

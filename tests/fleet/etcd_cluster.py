@@ -55,6 +55,7 @@ class EtcdCluster:
     """A running etcd cluster of host processes on 127.0.N.x with client and peer TLS."""
 
     def __init__(self, workdir: Path, pki: Pki, size: int = 3, version: str = "3.5.1", token: str = "etcd-cluster"):
+        self.workdir = workdir
         self.binaries = find_binaries(version)
         self.version = version
         self.ca, self.cert, self.key = pki.ca, pki.cert, pki.key
