@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import queue
 import tarfile
 import threading
 import time
@@ -16,97 +15,13 @@ import pyrage
 import zstandard
 
 from etcd_backup.errors import BackupCorrupt, ConfigError
+from etcd_backup.storage.stream import Pipe
 
 COMPRESSIONS = ("zstd", "gzip", "tar.gz", "none")
 ZSTD_LEVEL = 1  # on 2 cores level 3 is several times slower than the snapshot stream (bench/backup_bench.py)
 ZSTD_JOB_SIZE = 2 << 20  # small jobs keep multi-threaded zstd's memory near 20 MB
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
-
-
-class Pipe:
-    """A bounded in-memory pipe between one writing and one reading thread; errors cross it."""
-
-    def __init__(self, max_chunks: int = 16):
-        self._queue: queue.Queue[bytes | None] = queue.Queue(max_chunks)
-        self._buffer = memoryview(b"")
-        self._eof = False
-        self._error: BaseException | None = None
-        self._reader_gone = False
-
-    def write(self, data) -> int:
-        """Queue a copy of data; blocks while the pipe is full, raises if the reader gave up."""
-        if not len(data):
-            return 0
-        chunk = bytes(data)
-        while True:
-            if self._reader_gone:
-                raise BrokenPipeError("the reading side of the pipe stopped")
-            try:
-                self._queue.put(chunk, timeout=0.2)
-                return len(chunk)
-            except queue.Full:
-                continue
-
-    def flush(self) -> None:
-        """Nothing to flush; present for file-like callers."""
-
-    def close(self) -> None:
-        """Signal end of data to the reader."""
-        self._put_end()
-
-    def abort(self, error: BaseException) -> None:
-        """Make the reader raise error instead of seeing end of data."""
-        self._error = error
-        self._put_end()
-
-    def _put_end(self) -> None:
-        while not self._reader_gone:
-            try:
-                self._queue.put(None, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def stop_reading(self) -> None:
-        """Called by the reader when it will read no more; unblocks the writer."""
-        self._reader_gone = True
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        """Read up to size bytes (all remaining when size < 0); b'' at the end."""
-        if size is None or size < 0:
-            parts = []
-            while part := self.read(1 << 20):
-                parts.append(part)
-            return b"".join(parts)
-        while not self._buffer and not self._eof:
-            item = self._queue.get()
-            if item is None:
-                self._eof = True
-            elif len(item) <= size:
-                return item  # the common case: hand the chunk on without copying
-            else:
-                self._buffer = memoryview(item)
-        if self._eof and not self._buffer and self._error is not None:
-            raise self._error
-        out = bytes(self._buffer[:size])
-        self._buffer = self._buffer[size:]
-        return out
-
-    def readinto(self, target) -> int:
-        """Read into a writable buffer."""
-        data = self.read(len(target))
-        target[: len(data)] = data
-        return len(data)
 
 
 class HashingReader:

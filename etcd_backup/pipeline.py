@@ -12,12 +12,29 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 from etcd_backup import etcd
-from etcd_backup.catalog import Backup, Manifest, format_key, manifest_key, parse_key, read_manifest
-from etcd_backup.codecs import (COMPRESSIONS, DECODE_ERRORS, Encryptor, HashingReader, Pipe,
-                                compressor, decompressor, decrypting_reader, parse_identities, parse_recipients)
+from etcd_backup.catalog import (
+    Backup,
+    Manifest,
+    format_key,
+    manifest_key,
+    parse_key,
+    read_manifest,
+)
+from etcd_backup.codecs import (
+    COMPRESSIONS,
+    DECODE_ERRORS,
+    Encryptor,
+    HashingReader,
+    compressor,
+    decompressor,
+    decrypting_reader,
+    parse_identities,
+    parse_recipients,
+)
 from etcd_backup.errors import BackupCorrupt, ConfigError, EtcdUnavailable, NotFound
 from etcd_backup.snapshot import SnapshotCheck
 from etcd_backup.storage.base import Storage
+from etcd_backup.storage.stream import Pipe
 
 Progress = Callable[[int, int], None]
 PROGRESS_EVERY = 64 << 20

@@ -376,7 +376,7 @@ def test_memory_stays_flat_as_the_database_grows(make_etcd_cluster, tmp_path):
     recipients = [str(x25519.Identity.generate().to_public())]
     fill(cluster.client(0), 7_000, 10_000)
     medium = {c: peak_rss_mb(cluster, tmp_path / f"m-{c}", c, recipients) for c in ("zstd", "tar.gz")}
-    fill(cluster.client(0), 14_000, 10_000, prefix="/registry/secrets/big/")
+    fill(cluster.client(0), 16_000, 10_000, prefix="/registry/secrets/big/")
     assert etcd.status(access_of(cluster), cluster.endpoints[0]).db_size > 200_000_000
     large = {c: peak_rss_mb(cluster, tmp_path / f"l-{c}", c, recipients) for c in ("zstd", "tar.gz")}
     print(f"peak RSS MB at ~70 MB: {medium}, at ~210 MB: {large}")

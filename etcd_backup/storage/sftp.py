@@ -17,12 +17,12 @@ from etcd_backup import ssh
 from etcd_backup.errors import NodeError, NotFound, StorageError, TransientStorageError
 from etcd_backup.storage.base import ObjectInfo
 from etcd_backup.storage.names import check_key, is_temp, list_start, temp_name
-from etcd_backup.storage.stream import Reader
+from etcd_backup.storage.stream import Pipe, Reader
 
 WINDOW = 64 * 1024 * 1024
 PACKET = 256 * 1024
 CHUNK = 1024 * 1024
-PREFETCH_REQUESTS = 128  # 128 x 32 KiB reads in flight
+READ_AHEAD = 4 * 1024 * 1024  # one window of pipelined reads; at most ~3 windows are held in memory
 NETWORK_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError, OSError)
 
 
@@ -76,15 +76,33 @@ class SFTPStorage:
             raise
 
     def open(self, key: str) -> BinaryIO:
-        """Stream key with read-ahead (bounded number of requests in flight), or NotFound."""
+        """Stream key with pipelined read-ahead in bounded windows (never the whole file in memory), or NotFound."""
         path = self._path(key)
         sftp = self._session("open")
         try:
             remote = sftp.open(path, "rb")
-            remote.prefetch(remote.stat().st_size, max_concurrent_requests=PREFETCH_REQUESTS)
+            size = remote.stat().st_size
         except NETWORK_ERRORS as exc:
             raise self._error(exc, "open", path) from None
-        return Reader(remote, lambda exc: self._error(exc, "read", path), NETWORK_ERRORS)
+        pipe = Pipe(max_chunks=2)
+        threading.Thread(target=self._read_ahead, args=(remote, size, pipe, path), daemon=True,
+                         name=f"sftp-read {path}").start()
+        return Reader(pipe, lambda exc: self._error(exc, "read", path), NETWORK_ERRORS, on_close=pipe.stop_reading)
+
+    def _read_ahead(self, remote: paramiko.SFTPFile, size: int, pipe: Pipe, path: str) -> None:
+        """Fetch the file window by window (each window's reads pipelined) into the bounded pipe."""
+        try:
+            with remote:
+                for start in range(0, size, READ_AHEAD):
+                    end = min(size, start + READ_AHEAD)
+                    chunks = [(o, min(remote.MAX_REQUEST_SIZE, end - o))
+                              for o in range(start, end, remote.MAX_REQUEST_SIZE)]
+                    pipe.write(b"".join(remote.readv(chunks)))
+            pipe.close()
+        except BrokenPipeError:
+            pass  # the reader closed early
+        except NETWORK_ERRORS as exc:
+            pipe.abort(self._error(exc, "read", path))
 
     def stat(self, key: str) -> ObjectInfo:
         """Size and time of key, or NotFound."""
