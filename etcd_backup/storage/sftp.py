@@ -78,21 +78,28 @@ class SFTPStorage:
     def open(self, key: str) -> BinaryIO:
         """Stream key with pipelined read-ahead in bounded windows (never the whole file in memory), or NotFound."""
         path = self._path(key)
-        sftp = self._session("open")
+        # The read-ahead thread gets an SFTP channel of its own: paramiko's SFTPClient cannot serve
+        # requests from two threads at once, and this storage's other calls go on meanwhile.
+        transport = self._session("open").get_channel().get_transport()
+        sftp = None
         try:
+            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=PACKET)
             remote = sftp.open(path, "rb")
             size = remote.stat().st_size
         except NETWORK_ERRORS as exc:
+            if sftp is not None:
+                sftp.close()
             raise self._error(exc, "open", path) from None
         pipe = Pipe(max_chunks=2)
-        threading.Thread(target=self._read_ahead, args=(remote, size, pipe, path), daemon=True,
+        threading.Thread(target=self._read_ahead, args=(sftp, remote, size, pipe, path), daemon=True,
                          name=f"sftp-read {path}").start()
         return Reader(pipe, lambda exc: self._error(exc, "read", path), NETWORK_ERRORS, on_close=pipe.stop_reading)
 
-    def _read_ahead(self, remote: paramiko.SFTPFile, size: int, pipe: Pipe, path: str) -> None:
+    def _read_ahead(self, sftp: paramiko.SFTPClient, remote: paramiko.SFTPFile, size: int, pipe: Pipe,
+                    path: str) -> None:
         """Fetch the file window by window (each window's reads pipelined) into the bounded pipe."""
         try:
-            with remote:
+            with sftp, remote:
                 for start in range(0, size, READ_AHEAD):
                     end = min(size, start + READ_AHEAD)
                     chunks = [(o, min(remote.MAX_REQUEST_SIZE, end - o))
