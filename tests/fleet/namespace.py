@@ -1,5 +1,6 @@
 """Run an sshd in its own mount namespace with a node's dirs bind-mounted over the system paths."""
 
+import contextlib
 import os
 import shlex
 import socket
@@ -104,8 +105,29 @@ def kill_namespace(namespace: str) -> None:
     """SIGKILL every process of the node's mount namespace (sshd, sessions, etcd); never the host's."""
     if namespace == os.readlink("/proc/self/ns/mnt"):
         raise RuntimeError(f"refusing to kill the host's mount namespace {namespace}")
-    for _ in range(5):
-        targets = [pid for pid in members(namespace) if procs.alive(pid)]
-        if not targets:
+    with _held(namespace) as held:
+        if not held:
+            return  # already gone: its number may belong to another node's namespace by now
+        for _ in range(5):
+            targets = [pid for pid in members(namespace) if procs.alive(pid)]
+            if not targets:
+                return
+            procs.kill_all(targets, timeout=0)
+
+
+@contextlib.contextmanager
+def _held(namespace: str):
+    """Hold the namespace open while killing it, so its number cannot be reused by a new node meanwhile."""
+    for pid in members(namespace):
+        try:
+            fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+        except OSError:
+            continue
+        if f"mnt:[{os.fstat(fd).st_ino}]" == namespace:
+            try:
+                yield True
+            finally:
+                os.close(fd)
             return
-        procs.kill_all(targets, timeout=0)
+        os.close(fd)
+    yield False
