@@ -89,24 +89,21 @@ def parse(base: facts.NodeFacts, output: str) -> RestoreFacts:
         kube_units=tuple(values.get("kube_units", "").split()))
 
 
-def gather_one(spec: ClusterSpec, member: MasterNode, base: facts.NodeFacts, *, timeout: float = 30.0) -> RestoreFacts:
-    """The restore facts of one node (only the base facts when it is unreachable)."""
-    if not base.reachable:
-        return RestoreFacts(node=base)
+def gather_one(spec: ClusterSpec, member: MasterNode, *, timeout: float = 30.0) -> RestoreFacts:
+    """A node's base and restore facts from one SSH command (only the error when it is unreachable)."""
     node = Node.of(spec, member)
     node.connect_timeout = timeout
-    log.info("%s: step facts: reading etcd.conf, kube services and control-plane files", node)
+    log.info("%s: step facts: etcd files, version, service, data dir, etcd.conf, kube services", node)
     try:
         with node:
-            result = node.run(script(spec.layout), timeout=timeout, check=False)
+            result = node.run(facts.script(spec.layout) + script(spec.layout), timeout=timeout, check=False)
     except EtcdBackupError as exc:
-        unreachable = facts.NodeFacts(name=base.name, ip=base.ip, reachable=False, error=exc.message)
-        return RestoreFacts(node=unreachable)
-    return parse(base, result.stdout)
+        log.warning("%s: step facts: unreachable: %s", node, exc.message)
+        return RestoreFacts(node=facts.NodeFacts(name=member.name, ip=member.ip, reachable=False, error=exc.message))
+    return parse(facts.parse(member, result.stdout), result.stdout)
 
 
 def gather(spec: ClusterSpec, *, timeout: float = 30.0) -> list[RestoreFacts]:
     """The restore facts of every node, checked concurrently, in spec order."""
-    bases = facts.gather(spec, timeout=timeout)
-    with ThreadPoolExecutor(max_workers=max(1, len(bases))) as pool:
-        return list(pool.map(lambda mb: gather_one(spec, mb[0], mb[1], timeout=timeout), zip(spec.nodes, bases)))
+    with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
+        return list(pool.map(lambda m: gather_one(spec, m, timeout=timeout), spec.nodes))
