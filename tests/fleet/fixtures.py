@@ -38,7 +38,7 @@ def start(thing, stack: contextlib.ExitStack):
 def require_root() -> None:
     """Skip (a failure in CI, where skips fail the run) when master nodes cannot be built."""
     if os.geteuid() != 0:
-        pytest.skip("master nodes need root: mount namespaces and sshd on port 22 of the node IPs")
+        pytest.skip(reason="master nodes need root: mount namespaces and sshd on port 22 of the node IPs")
 
 
 @pytest.fixture
