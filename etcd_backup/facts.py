@@ -81,18 +81,23 @@ def parse(member: MasterNode, output: str) -> NodeFacts:
     )
 
 
-def gather_one(spec: ClusterSpec, member: MasterNode, *, timeout: float = 30.0) -> NodeFacts:
-    """The facts of one node; an unreachable node (or unknown host key) gives reachable=False, never an exception."""
+def probe(spec: ClusterSpec, member: MasterNode, text: str, what: str, *, timeout: float) -> str | NodeFacts:
+    """Run a read-only script on one node in one SSH command: its output, or unreachable NodeFacts (never raises)."""
     node = Node.of(spec, member)
     node.connect_timeout = timeout
-    log.info("%s: step facts: checking etcd files, version, service, data dir", node)
+    log.info("%s: step facts: %s", node, what)
     try:
         with node:
-            result = node.run(script(spec.layout), timeout=timeout, check=False)
+            return node.run(text, timeout=timeout, check=False).stdout
     except EtcdBackupError as exc:
         log.warning("%s: step facts: unreachable: %s", node, exc.message)
         return NodeFacts(name=member.name, ip=member.ip, reachable=False, error=exc.message)
-    return parse(member, result.stdout)
+
+
+def gather_one(spec: ClusterSpec, member: MasterNode, *, timeout: float = 30.0) -> NodeFacts:
+    """The facts of one node; an unreachable node (or unknown host key) gives reachable=False, never an exception."""
+    out = probe(spec, member, script(spec.layout), "checking etcd files, version, service, data dir", timeout=timeout)
+    return out if isinstance(out, NodeFacts) else parse(member, out)
 
 
 def gather(spec: ClusterSpec, *, timeout: float = 30.0) -> list[NodeFacts]:

@@ -14,7 +14,6 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
 from prefect.client.schemas.objects import StateType
 
 from blocks import EtcdCluster
-from etcd_backup.cluster import MasterNode
 
 KUBE = "kube-apiserver kube-controller-manager kube-scheduler"
 
@@ -76,8 +75,4 @@ def in_thread(fn):
 
 def save_cluster_block(fleet, cluster_id: str, name: str) -> None:
     """Save an EtcdCluster block for the fleet with its current host keys, as an operator would."""
-    pki = fleet.pki
-    EtcdCluster(cluster_id=cluster_id, endpoints=fleet.endpoints, ca_pem=pki.ca.read_text(),
-                cert_pem=pki.cert.read_text(), key_pem=pki.key.read_text(),
-                nodes=[MasterNode(name=n.name, ip=n.ip) for n in fleet.nodes], ssh_user="root",
-                ssh_private_key=fleet.ssh_private_key, known_hosts=fleet.known_hosts).save(name, overwrite=True)
+    EtcdCluster.from_spec(fleet.spec(cluster_id)).save(name, overwrite=True)

@@ -2,20 +2,11 @@
 
 import pytest
 
-from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
+from etcd_backup.cluster import ClusterSpec, MasterNode
 from etcd_backup.facts import FILE_KEYS, NodeFacts, gather, parse, script
 
 VERSIONS = pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
 
-
-def fleet_spec(fleet, known_hosts: str | None = None) -> ClusterSpec:
-    """The ClusterSpec an operator would write for the fleet."""
-    return ClusterSpec(
-        cluster_id="uk8s-facts", ca_pem=fleet.pki.ca.read_text(), cert_pem=fleet.pki.cert.read_text(),
-        key_pem=fleet.pki.key.read_text(), nodes=[MasterNode(name=n.name, ip=n.ip) for n in fleet.nodes],
-        ssh=SSHAccess(private_key=fleet.ssh_private_key,
-                      known_hosts=fleet.known_hosts if known_hosts is None else known_hosts),
-    )
 
 
 def test_parse_reads_the_scripts_output():
@@ -46,7 +37,7 @@ def test_script_quotes_the_layout_paths():
 @pytest.mark.slow
 @VERSIONS
 def test_gather_on_a_healthy_fleet(fleet, etcd_version):
-    facts = gather(fleet_spec(fleet))
+    facts = gather(fleet.spec("uk8s-facts"))
     assert [(f.name, f.ip) for f in facts] == [(n.name, n.ip) for n in fleet.nodes]
     for f in facts:
         assert f.reachable and f.error is None
@@ -66,7 +57,7 @@ def test_gather_on_failed_deleted_and_bare_nodes(fleet):
     old_known_hosts = fleet.known_hosts
     fleet.recreate_node(bare)
 
-    by_name = {f.name: f for f in gather(fleet_spec(fleet), timeout=10)}
+    by_name = {f.name: f for f in gather(fleet.spec("uk8s-facts"), timeout=10)}
     assert by_name[failed.name].reachable and not by_name[failed.name].etcd_active
     assert by_name[failed.name].missing == [] and by_name[failed.name].data_dir_present
     assert not by_name[deleted.name].reachable and by_name[deleted.name].error
@@ -74,5 +65,5 @@ def test_gather_on_failed_deleted_and_bare_nodes(fleet):
     assert bare_facts.reachable and not bare_facts.etcd_active and not bare_facts.data_dir_present
     assert bare_facts.missing == list(FILE_KEYS) and bare_facts.etcd_version is None
 
-    stale = {f.name: f for f in gather(fleet_spec(fleet, known_hosts=old_known_hosts), timeout=10)}
+    stale = {f.name: f for f in gather(fleet.spec("uk8s-facts", known_hosts=old_known_hosts), timeout=10)}
     assert not stale[bare.name].reachable and "host key" in stale[bare.name].error

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
+from etcd_backup.cluster import SSHAccess
 from etcd_backup.errors import NodeError
 from etcd_backup.nodes import Node, Result, nodes_of
 
@@ -13,15 +13,6 @@ pytestmark = [pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 
 TREE_DIGEST = "cd {d} && find . -type f | LC_ALL=C sort | xargs -d '\\n' sha256sum && find . | LC_ALL=C sort | xargs -d '\\n' stat -c '%n %a %U %s'"
 
-
-def fleet_spec(fleet, known_hosts: str | None = None) -> ClusterSpec:
-    """The ClusterSpec of the test fleet, built from what the fixture knows."""
-    return ClusterSpec(
-        cluster_id="uk8s-fleet", ca_pem=fleet.pki.ca.read_text(), cert_pem=fleet.pki.cert.read_text(),
-        key_pem=fleet.pki.key.read_text(), nodes=[MasterNode(name=n.name, ip=n.ip) for n in fleet.nodes],
-        ssh=SSHAccess(private_key=fleet.ssh_private_key,
-                      known_hosts=fleet.known_hosts if known_hosts is None else known_hosts),
-    )
 
 
 @pytest.fixture
@@ -32,7 +23,7 @@ def fleet(module_fleet):
 
 @pytest.fixture
 def nodes(fleet):
-    found = nodes_of(fleet_spec(fleet))
+    found = nodes_of(fleet.spec())
     yield found
     for node in found:
         node.close()
@@ -107,7 +98,7 @@ def test_copy_file_keeps_mode(nodes):
 
 
 def test_unknown_host_key_is_refused_with_the_node_named(fleet):
-    node = Node.of(fleet_spec(fleet, known_hosts=""), fleet.nodes[1].name)
+    node = Node.of(fleet.spec(known_hosts=""), fleet.nodes[1].name)
     with pytest.raises(NodeError, match=r"\[ssh on etcd2 \(.*\)\] host key SHA256:\S+ .* is not in known_hosts") as err:
         node.run("true")
     assert "PRIVATE KEY" not in str(err.value)
@@ -115,7 +106,7 @@ def test_unknown_host_key_is_refused_with_the_node_named(fleet):
 
 def test_wrong_key_is_an_authentication_failure(fleet, tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
-    spec = fleet_spec(fleet)
+    spec = fleet.spec()
     spec.ssh = SSHAccess(private_key=(tmp_path / "k").read_text(), known_hosts=fleet.known_hosts)
     with pytest.raises(NodeError, match="authentication failed for root@"):
         Node.of(spec, fleet.nodes[0].name).run("true")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import posixpath
 import shlex
 from concurrent.futures import ThreadPoolExecutor
@@ -12,10 +11,6 @@ from dataclasses import dataclass, field
 
 from etcd_backup import facts
 from etcd_backup.cluster import ClusterSpec, MasterNode, NodeLayout
-from etcd_backup.errors import EtcdBackupError
-from etcd_backup.nodes import Node
-
-log = logging.getLogger(__name__)
 
 KUBE_SERVICES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CONTROL_PLANE_FILES = ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf")
@@ -91,16 +86,11 @@ def parse(base: facts.NodeFacts, output: str) -> RestoreFacts:
 
 def gather_one(spec: ClusterSpec, member: MasterNode, *, timeout: float = 30.0) -> RestoreFacts:
     """A node's base and restore facts from one SSH command (only the error when it is unreachable)."""
-    node = Node.of(spec, member)
-    node.connect_timeout = timeout
-    log.info("%s: step facts: etcd files, version, service, data dir, etcd.conf, kube services", node)
-    try:
-        with node:
-            result = node.run(facts.script(spec.layout) + script(spec.layout), timeout=timeout, check=False)
-    except EtcdBackupError as exc:
-        log.warning("%s: step facts: unreachable: %s", node, exc.message)
-        return RestoreFacts(node=facts.NodeFacts(name=member.name, ip=member.ip, reachable=False, error=exc.message))
-    return parse(facts.parse(member, result.stdout), result.stdout)
+    out = facts.probe(spec, member, facts.script(spec.layout) + script(spec.layout),
+                      "etcd files, version, service, data dir, etcd.conf, kube services", timeout=timeout)
+    if isinstance(out, facts.NodeFacts):
+        return RestoreFacts(node=out)
+    return parse(facts.parse(member, out), out)
 
 
 def gather(spec: ClusterSpec, *, timeout: float = 30.0) -> list[RestoreFacts]:

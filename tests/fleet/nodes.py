@@ -27,6 +27,9 @@ from pathlib import Path
 
 import pyetcd
 
+from etcd_backup.cluster import ClusterSpec, SSHAccess
+from etcd_backup.cluster import MasterNode as ClusterNode
+
 from . import addresses, namespace, procs
 from .binaries import find_binaries
 from .etcd_cluster import run_etcdctl
@@ -136,6 +139,14 @@ class Fleet:
     def endpoints(self) -> list[str]:
         """Client URLs of every node's etcd."""
         return [node.client_url for node in self.nodes]
+
+    def spec(self, cluster_id: str = "uk8s-fleet", known_hosts: str | None = None) -> ClusterSpec:
+        """The ClusterSpec an operator would write for this fleet (its current host keys unless told otherwise)."""
+        return ClusterSpec(
+            cluster_id=cluster_id, ca_pem=self.pki.ca.read_text(), cert_pem=self.pki.cert.read_text(),
+            key_pem=self.pki.key.read_text(), nodes=[ClusterNode(name=n.name, ip=n.ip) for n in self.nodes],
+            ssh=SSHAccess(private_key=self.ssh_private_key,
+                          known_hosts=self.known_hosts if known_hosts is None else known_hosts))
 
     def node(self, name_or_ip: str) -> MasterNode:
         """Return the node with that name ("etcd2") or IP."""
