@@ -49,9 +49,24 @@ print(json.dumps({"seconds": time.monotonic() - started, "size": record.size, "r
 def etcdctl_save(cluster: EtcdCluster, db: Path) -> float:
     """(a): `etcdctl snapshot save` to local disk; seconds taken."""
     started = time.monotonic()
-    subprocess.run([cluster.binaries.etcdctl, f"--endpoints={cluster.endpoints[0]}", "--cacert", cluster.ca, "--cert",
-                    cluster.cert, "--key", cluster.key, "snapshot", "save", db], check=True, capture_output=True,
-                   env={**os.environ, "ETCDCTL_API": "3"})
+    subprocess.run(
+        [
+            cluster.binaries.etcdctl,
+            f"--endpoints={cluster.endpoints[0]}",
+            "--cacert",
+            cluster.ca,
+            "--cert",
+            cluster.cert,
+            "--key",
+            cluster.key,
+            "snapshot",
+            "save",
+            db,
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
     return time.monotonic() - started
 
 
@@ -70,9 +85,24 @@ def runbook_way(cluster: EtcdCluster, weed: SeaweedFS, bucket: str, workdir: Pat
     """etcdctl snapshot save, tar czf, boto3 upload_file: the old plugin's steps."""
     db = workdir / "runbook.db"
     started = time.monotonic()
-    subprocess.run([cluster.binaries.etcdctl, f"--endpoints={cluster.endpoints[0]}", "--cacert", cluster.ca,
-                    "--cert", cluster.cert, "--key", cluster.key, "snapshot", "save", db],
-                   check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"})
+    subprocess.run(
+        [
+            cluster.binaries.etcdctl,
+            f"--endpoints={cluster.endpoints[0]}",
+            "--cacert",
+            cluster.ca,
+            "--cert",
+            cluster.cert,
+            "--key",
+            cluster.key,
+            "snapshot",
+            "save",
+            db,
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
     subprocess.run(["tar", "czf", f"{db}.tar.gz", "-C", workdir, db.name], check=True)
     weed.client().upload_file(f"{db}.tar.gz", bucket, "runbook/" + db.name + ".tar.gz")
     seconds = time.monotonic() - started
@@ -84,12 +114,22 @@ def runbook_way(cluster: EtcdCluster, weed: SeaweedFS, bucket: str, workdir: Pat
 
 def ours(cluster: EtcdCluster, weed: SeaweedFS, bucket: str, compression: str, recipients: list[str]) -> dict:
     """Our pipeline in a child process; its own peak RSS is measured there."""
-    args = {"endpoints": cluster.endpoints, "ca": str(cluster.ca), "cert": str(cluster.cert), "key": str(cluster.key),
-            "bucket": bucket, "endpoint": weed.endpoint, "access_key": weed.access_key,
-            "secret_key": weed.secret_key, "compression": compression, "recipients": recipients,
-            "max_concurrency": MAX_CONCURRENCY}
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True,
-                         text=True, cwd=ROOT)
+    args = {
+        "endpoints": cluster.endpoints,
+        "ca": str(cluster.ca),
+        "cert": str(cluster.cert),
+        "key": str(cluster.key),
+        "bucket": bucket,
+        "endpoint": weed.endpoint,
+        "access_key": weed.access_key,
+        "secret_key": weed.secret_key,
+        "compression": compression,
+        "recipients": recipients,
+        "max_concurrency": MAX_CONCURRENCY,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True, text=True, cwd=ROOT
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -120,12 +160,22 @@ def run(size_mb: int, value_kb: int, repeat: int) -> dict:
     a, (b, b_size) = min(runs["a"]), min(runs["b"])
     c, c_age, c_tar = (min(runs[k], key=lambda r: r["seconds"]) for k in ("c", "c_age", "c_tar"))
     rss = max(r["peak_rss_mb"] for k in ("c", "c_age", "c_tar") for r in runs[k])
-    return {"size_mb": size_mb, "db_bytes": db_size, "a_etcdctl_save_s": round(a, 2),
-            "b_runbook_save_tar_upload_s": round(b, 2), "b_size": b_size,
-            "c_ours_zstd_s": round(c["seconds"], 2), "c_size": c["size"], "c_over_a": round(c["seconds"] / a, 2),
-            "c_over_b": round(c["seconds"] / b, 2), "c_zstd_age_s": round(c_age["seconds"], 2),
-            "c_targz_s": round(c_tar["seconds"], 2), "c_targz_size": c_tar["size"],
-            "peak_rss_mb_max_of_all_c_runs": round(rss), "s3_max_concurrency": MAX_CONCURRENCY}
+    return {
+        "size_mb": size_mb,
+        "db_bytes": db_size,
+        "a_etcdctl_save_s": round(a, 2),
+        "b_runbook_save_tar_upload_s": round(b, 2),
+        "b_size": b_size,
+        "c_ours_zstd_s": round(c["seconds"], 2),
+        "c_size": c["size"],
+        "c_over_a": round(c["seconds"] / a, 2),
+        "c_over_b": round(c["seconds"] / b, 2),
+        "c_zstd_age_s": round(c_age["seconds"], 2),
+        "c_targz_s": round(c_tar["seconds"], 2),
+        "c_targz_size": c_tar["size"],
+        "peak_rss_mb_max_of_all_c_runs": round(rss),
+        "s3_max_concurrency": MAX_CONCURRENCY,
+    }
 
 
 def main() -> None:

@@ -43,15 +43,21 @@ CLUSTER_ID = "uk8s-bench"
 
 def spec_of(fleet: Fleet) -> ClusterSpec:
     pki = fleet.pki
-    return ClusterSpec(cluster_id=CLUSTER_ID, endpoints=fleet.endpoints, ca_pem=pki.ca.read_text(),
-                       cert_pem=pki.cert.read_text(), key_pem=pki.key.read_text(),
-                       nodes=[MasterNode(name=n.name, ip=n.ip) for n in fleet.nodes],
-                       ssh=SSHAccess(user="root", private_key=fleet.ssh_private_key, known_hosts=fleet.known_hosts))
+    return ClusterSpec(
+        cluster_id=CLUSTER_ID,
+        endpoints=fleet.endpoints,
+        ca_pem=pki.ca.read_text(),
+        cert_pem=pki.cert.read_text(),
+        key_pem=pki.key.read_text(),
+        nodes=[MasterNode(name=n.name, ip=n.ip) for n in fleet.nodes],
+        ssh=SSHAccess(user="root", private_key=fleet.ssh_private_key, known_hosts=fleet.known_hosts),
+    )
 
 
 def access_of(spec: ClusterSpec) -> etcd.EtcdAccess:
-    return etcd.EtcdAccess(tuple(spec.endpoints), ca=spec.ca_pem, cert=spec.cert_pem,
-                           key=spec.key_pem.get_secret_value(), timeout=10)
+    return etcd.EtcdAccess(
+        tuple(spec.endpoints), ca=spec.ca_pem, cert=spec.cert_pem, key=spec.key_pem.get_secret_value(), timeout=10
+    )
 
 
 def ours(spec: ClusterSpec, storage: LocalStorage, workdir: Path, run_id: str) -> dict:
@@ -63,8 +69,11 @@ def ours(spec: ClusterSpec, storage: LocalStorage, workdir: Path, run_id: str) -
     fetched = time.monotonic()
     plan = plan_cluster_restore(spec, facts, snapshot, None, f"bench-{run_id}", RestoreOptions(run_id=run_id))
     access = access_of(spec)
-    run_checks = {"healthy": lambda t: checks.wait_healthy(access, t), "members": lambda t: checks.check_members(
-        access, spec), "data": lambda t: checks.count_data(access)}
+    run_checks = {
+        "healthy": lambda t: checks.wait_healthy(access, t),
+        "members": lambda t: checks.check_members(access, spec),
+        "data": lambda t: checks.count_data(access),
+    }
     nodes = {n.name: n for n in nodes_of(spec)}
     report = Executor(nodes, str(workdir / "ours.db"), run_checks).run(plan.phases())
     if not report.ok:
@@ -73,8 +82,12 @@ def ours(spec: ClusterSpec, storage: LocalStorage, workdir: Path, run_id: str) -
     for r in report.results:
         phases[r.phase] = max(phases.get(r.phase, 0.0), r.seconds)
     (workdir / "ours.db").unlink()
-    return {"seconds": round(time.monotonic() - t0, 2), "fetch_verify_s": round(fetched - t0, 2),
-            "slowest_node_per_phase_s": phases, "keys": next(iter(report.checks["data"].values()))["keys"]}
+    return {
+        "seconds": round(time.monotonic() - t0, 2),
+        "fetch_verify_s": round(fetched - t0, 2),
+        "slowest_node_per_phase_s": phases,
+        "keys": next(iter(report.checks["data"].values()))["keys"],
+    }
 
 
 def runbook_way(spec: ClusterSpec, storage: LocalStorage, workdir: Path, run_id: str, tool: str) -> dict:
@@ -89,12 +102,15 @@ def runbook_way(spec: ClusterSpec, storage: LocalStorage, workdir: Path, run_id:
         node.run(f"mv /var/lib/etcd /var/lib/etcd.runbook-{run_id} && mkdir /var/lib/etcd")
         node.put_file(str(workdir / "runbook.db"), "/root/runbook.db", timeout=3600)
         api = "ETCDCTL_API=3 " if tool == "etcdctl" else ""
-        node.run(f"{api}/usr/bin/{tool} snapshot restore /root/runbook.db --name={member.name} "
-                 f"--initial-cluster={shlex.quote(spec.initial_cluster())} --initial-cluster-token={token} "
-                 f"--initial-advertise-peer-urls={spec.peer_url(member)} --data-dir=/var/lib/etcd/default.etcd",
-                 timeout=3600)
-    threads = [threading.Thread(target=n.run, args=("systemctl enable --now etcd",), kwargs={"timeout": 600})
-               for n in nodes]
+        node.run(
+            f"{api}/usr/bin/{tool} snapshot restore /root/runbook.db --name={member.name} "
+            f"--initial-cluster={shlex.quote(spec.initial_cluster())} --initial-cluster-token={token} "
+            f"--initial-advertise-peer-urls={spec.peer_url(member)} --data-dir=/var/lib/etcd/default.etcd",
+            timeout=3600,
+        )
+    threads = [
+        threading.Thread(target=n.run, args=("systemctl enable --now etcd",), kwargs={"timeout": 600}) for n in nodes
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -126,10 +142,19 @@ def run(size_mb: int, value_kb: int, version: str) -> dict:
             b = runbook_way(spec, storage, workdir, "bench-b", "etcdutl" if version >= "3.5" else "etcdctl")
         finally:
             fleet.stop()
-    return {"size_mb": size_mb, "etcd": version, "raw_bytes": record.raw_size, "stored_bytes": record.size,
-            "keys": record.key_count, "a_ours_s": a["seconds"], "a_fetch_verify_s": a["fetch_verify_s"],
-            "a_phases_s": a["slowest_node_per_phase_s"], "b_runbook_sequential_s": b["seconds"],
-            "a_over_b": round(a["seconds"] / b["seconds"], 2), "keys_after": [a["keys"], b["keys"]]}
+    return {
+        "size_mb": size_mb,
+        "etcd": version,
+        "raw_bytes": record.raw_size,
+        "stored_bytes": record.size,
+        "keys": record.key_count,
+        "a_ours_s": a["seconds"],
+        "a_fetch_verify_s": a["fetch_verify_s"],
+        "a_phases_s": a["slowest_node_per_phase_s"],
+        "b_runbook_sequential_s": b["seconds"],
+        "a_over_b": round(a["seconds"] / b["seconds"], 2),
+        "keys_after": [a["keys"], b["keys"]],
+    }
 
 
 def main() -> None:

@@ -35,8 +35,14 @@ def make_storage(kind: str, cfg: dict):
     if kind == "ufile":
         return ufile_storage(cfg["ak"], cfg["sk"], "cn-bj", cfg["bucket"], "bench-ufile", endpoint_url=cfg["proxy"])
     if kind == "sftp":
-        return SFTPStorage("127.0.0.1", cfg["ssh_port"], cfg["ssh_user"], cfg["ssh_dir"],
-                           private_key=Path(cfg["ssh_key"]).read_text(), known_hosts=cfg["known_hosts"])
+        return SFTPStorage(
+            "127.0.0.1",
+            cfg["ssh_port"],
+            cfg["ssh_user"],
+            cfg["ssh_dir"],
+            private_key=Path(cfg["ssh_key"]).read_text(),
+            known_hosts=cfg["known_hosts"],
+        )
     return LocalStorage(cfg["local_dir"])
 
 
@@ -46,8 +52,13 @@ def child(op: str, kind: str, cfg: dict) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
 
-        client = boto3.client("s3", endpoint_url=cfg["s3"], aws_access_key_id=cfg["ak"],
-                              aws_secret_access_key=cfg["sk"], region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=cfg["s3"],
+            aws_access_key_id=cfg["ak"],
+            aws_secret_access_key=cfg["sk"],
+            region_name="us-east-1",
+        )
         transfer = TransferConfig(multipart_chunksize=8 * MiB, max_concurrency=4, preferred_transfer_client="classic")
         if op == "put":
             client.upload_file(cfg["source"], cfg["bucket"], "plain/boto3.bin", Config=transfer)
@@ -99,8 +110,18 @@ def plain_command(op: str, kind: str, cfg: dict) -> list[str]:
     if kind in ("s3", "ufile"):
         return [sys.executable, __file__, "--child", op, "boto3"]
     if kind == "sftp":
-        ssh = ["scp", "-q", "-i", cfg["ssh_key"], "-o", f"UserKnownHostsFile={cfg['known_hosts_file']}",
-               "-o", "BatchMode=yes", "-P", str(cfg["ssh_port"])]
+        ssh = [
+            "scp",
+            "-q",
+            "-i",
+            cfg["ssh_key"],
+            "-o",
+            f"UserKnownHostsFile={cfg['known_hosts_file']}",
+            "-o",
+            "BatchMode=yes",
+            "-P",
+            str(cfg["ssh_port"]),
+        ]
         remote = f"{cfg['ssh_user']}@127.0.0.1:{cfg['ssh_dir']}/plain.bin"
         return ssh + ([cfg["source"], remote] if op == "put" else [remote, cfg["target"]])
     local = os.path.join(cfg["local_dir"], "plain.bin")
@@ -132,21 +153,37 @@ def main() -> None:
     write_source(work / "source.bin", size)
     with SeaweedFS(str(work / "weed")) as weed, UFileProxy(weed.endpoint) as proxy, BackupSSHD() as sshd:
         (work / "known_hosts").write_text(sshd.known_hosts())
-        cfg = dict(s3=weed.endpoint, proxy=proxy.endpoint, ak=weed.access_key, sk=weed.secret_key,
-                   bucket=weed.make_bucket("bench"), ssh_port=sshd.port, ssh_user=sshd.user,
-                   ssh_dir=sshd.directory, ssh_key=sshd.key_path, known_hosts=sshd.known_hosts(),
-                   known_hosts_file=str(work / "known_hosts"), local_dir=str(work / "local"),
-                   source=str(work / "source.bin"), target=str(work / "target.bin"))
+        cfg = dict(
+            s3=weed.endpoint,
+            proxy=proxy.endpoint,
+            ak=weed.access_key,
+            sk=weed.secret_key,
+            bucket=weed.make_bucket("bench"),
+            ssh_port=sshd.port,
+            ssh_user=sshd.user,
+            ssh_dir=sshd.directory,
+            ssh_key=sshd.key_path,
+            known_hosts=sshd.known_hosts(),
+            known_hosts_file=str(work / "known_hosts"),
+            local_dir=str(work / "local"),
+            source=str(work / "source.bin"),
+            target=str(work / "target.bin"),
+        )
         env = dict(os.environ, STORAGE_BENCH=json.dumps(cfg))
         print(f"SeaweedFS started in {weed.start_seconds:.1f}s; object {args.size_mb} MiB")
-        print(f"{'backend':8} {'op':4} {'ours MB/s':>10} {'RSS MiB':>8} {'plain':>10} {'plain MB/s':>10} {'RSS MiB':>8}")
+        print(
+            f"{'backend':8} {'op':4} {'ours MB/s':>10} {'RSS MiB':>8} {'plain':>10} {'plain MB/s':>10} {'RSS MiB':>8}"
+        )
         for kind in args.backends.split(","):
             for op in ("put", "get"):
                 ours = measure([sys.executable, __file__, "--child", op, kind], env)
                 plain = measure(plain_command(op, kind, cfg), env)
                 tool = {"s3": "boto3", "ufile": "boto3", "sftp": "scp", "local": "cp"}[kind]
-                print(f"{kind:8} {op:4} {size / MiB / ours[0]:10.0f} {ours[1]:8.0f} {tool:>10} "
-                      f"{size / MiB / plain[0]:10.0f} {plain[1]:8.0f}", flush=True)
+                print(
+                    f"{kind:8} {op:4} {size / MiB / ours[0]:10.0f} {ours[1]:8.0f} {tool:>10} "
+                    f"{size / MiB / plain[0]:10.0f} {plain[1]:8.0f}",
+                    flush=True,
+                )
         if proxy.rejections:
             print("UFile proxy rejections:", *proxy.rejections, sep="\n  ")
     subprocess.run(["rm", "-rf", str(work)])

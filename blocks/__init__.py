@@ -4,5 +4,12 @@ from blocks.cluster import EtcdCluster
 from blocks.identity import AgeIdentity
 from blocks.storage import LocalStorage, S3Storage, SSHServerStorage, UFileStorage, load_storage
 
-__all__ = ["AgeIdentity", "EtcdCluster", "LocalStorage", "S3Storage", "SSHServerStorage", "UFileStorage",
-           "load_storage"]
+__all__ = [
+    "AgeIdentity",
+    "EtcdCluster",
+    "LocalStorage",
+    "S3Storage",
+    "SSHServerStorage",
+    "UFileStorage",
+    "load_storage",
+]

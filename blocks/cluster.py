@@ -15,9 +15,11 @@ class EtcdCluster(Block):
 
     _block_type_name = "etcd Cluster"
     _block_type_slug = "etcd-cluster"
-    _description = ("One etcd cluster (e.g. a UK8S control plane): client endpoints, the CA, etcd.pem and "
-                    "etcd-key.pem, the master nodes with their etcd member names, SSH access to them and "
-                    "where files live on them. Fill it with `python -m blocks.first_run`.")
+    _description = (
+        "One etcd cluster (e.g. a UK8S control plane): client endpoints, the CA, etcd.pem and "
+        "etcd-key.pem, the master nodes with their etcd member names, SSH access to them and "
+        "where files live on them. Fill it with `python -m blocks.first_run`."
+    )
     _logo_url = LOGO
 
     cluster_id: str = Field(description="cluster id used in backup names, e.g. uk8s-f1wymalx")
@@ -37,26 +39,52 @@ class EtcdCluster(Block):
         """The core description of the cluster."""
         ssh = None
         if self.ssh_private_key is not None or self.ssh_password is not None:
-            ssh = SSHAccess(user=self.ssh_user, private_key=self.ssh_private_key, password=self.ssh_password,
-                            known_hosts=self.known_hosts, use_sudo=self.use_sudo)
-        return ClusterSpec(cluster_id=self.cluster_id, endpoints=self.endpoints, ca_pem=self.ca_pem,
-                           cert_pem=self.cert_pem, key_pem=self.key_pem, nodes=self.nodes, ssh=ssh,
-                           layout=self.layout)
+            ssh = SSHAccess(
+                user=self.ssh_user,
+                private_key=self.ssh_private_key,
+                password=self.ssh_password,
+                known_hosts=self.known_hosts,
+                use_sudo=self.use_sudo,
+            )
+        return ClusterSpec(
+            cluster_id=self.cluster_id,
+            endpoints=self.endpoints,
+            ca_pem=self.ca_pem,
+            cert_pem=self.cert_pem,
+            key_pem=self.key_pem,
+            nodes=self.nodes,
+            ssh=ssh,
+            layout=self.layout,
+        )
 
     def access(self, timeout: float = 10.0):
         """An etcd_backup.etcd.EtcdAccess for the cluster's client endpoints."""
         from etcd_backup.etcd import EtcdAccess
 
         spec = self.spec()
-        return EtcdAccess(endpoints=spec.endpoints, ca=spec.ca_pem, cert=spec.cert_pem,
-                          key=spec.key_pem.get_secret_value(), timeout=timeout)
+        return EtcdAccess(
+            endpoints=spec.endpoints,
+            ca=spec.ca_pem,
+            cert=spec.cert_pem,
+            key=spec.key_pem.get_secret_value(),
+            timeout=timeout,
+        )
 
     @classmethod
     def from_spec(cls, spec: ClusterSpec) -> EtcdCluster:
         """A block holding everything in spec."""
         ssh = spec.ssh
-        return cls(cluster_id=spec.cluster_id, endpoints=spec.endpoints, ca_pem=spec.ca_pem, cert_pem=spec.cert_pem,
-                   key_pem=spec.key_pem, nodes=spec.nodes, layout=spec.layout,
-                   ssh_user=ssh.user if ssh else "root", ssh_private_key=ssh.private_key if ssh else None,
-                   ssh_password=ssh.password if ssh else None, known_hosts=ssh.known_hosts if ssh else "",
-                   use_sudo=ssh.use_sudo if ssh else False)
+        return cls(
+            cluster_id=spec.cluster_id,
+            endpoints=spec.endpoints,
+            ca_pem=spec.ca_pem,
+            cert_pem=spec.cert_pem,
+            key_pem=spec.key_pem,
+            nodes=spec.nodes,
+            layout=spec.layout,
+            ssh_user=ssh.user if ssh else "root",
+            ssh_private_key=ssh.private_key if ssh else None,
+            ssh_password=ssh.password if ssh else None,
+            known_hosts=ssh.known_hosts if ssh else "",
+            use_sudo=ssh.use_sudo if ssh else False,
+        )

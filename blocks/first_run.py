@@ -21,12 +21,25 @@ from etcd_backup.discover import check_nodes, discover
 from etcd_backup.errors import ConfigError, EtcdBackupError, NodeError
 
 
-def first_run(host: str, *, cluster_id: str, name: str, known_hosts: str, private_key: str | None = None,
-              password: str | None = None, ssh_port: int = 22, user: str = "root", use_sudo: bool = False,
-              layout: NodeLayout | None = None, check_all_nodes: bool = True, overwrite: bool = False) -> EtcdCluster:
+def first_run(
+    host: str,
+    *,
+    cluster_id: str,
+    name: str,
+    known_hosts: str,
+    private_key: str | None = None,
+    password: str | None = None,
+    ssh_port: int = 22,
+    user: str = "root",
+    use_sudo: bool = False,
+    layout: NodeLayout | None = None,
+    check_all_nodes: bool = True,
+    overwrite: bool = False,
+) -> EtcdCluster:
     """Discover the cluster through one master, check every master is reachable, and save the block."""
-    access = SSHAccess(user=user, private_key=private_key, password=password, known_hosts=known_hosts,
-                       use_sudo=use_sudo)
+    access = SSHAccess(
+        user=user, private_key=private_key, password=password, known_hosts=known_hosts, use_sudo=use_sudo
+    )
     spec = discover(host, ssh_port, access=access, cluster_id=cluster_id, layout=layout)
     if check_all_nodes:
         problems = check_nodes(spec)
@@ -37,8 +50,9 @@ def first_run(host: str, *, cluster_id: str, name: str, known_hosts: str, privat
     try:
         block.save(name, overwrite=overwrite)
     except ValueError as exc:
-        raise ConfigError(f"cannot save block etcd-cluster/{name}: {exc} (use --overwrite to replace it)",
-                          step="first run") from None
+        raise ConfigError(
+            f"cannot save block etcd-cluster/{name}: {exc} (use --overwrite to replace it)", step="first run"
+        ) from None
     return block
 
 
@@ -93,9 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         if not key and not password:
             raise ConfigError("give --ssh-key or a password (--ssh-password-env / --ask-password)", step="first run")
         block = first_run(
-            args.host, cluster_id=args.cluster_id, name=args.name, known_hosts=_read(args.known_hosts, "known_hosts"),
-            private_key=key, password=password, ssh_port=args.ssh_port, user=args.ssh_user, use_sudo=args.use_sudo,
-            layout=_layout(args.layout), check_all_nodes=not args.skip_node_check, overwrite=args.overwrite,
+            args.host,
+            cluster_id=args.cluster_id,
+            name=args.name,
+            known_hosts=_read(args.known_hosts, "known_hosts"),
+            private_key=key,
+            password=password,
+            ssh_port=args.ssh_port,
+            user=args.ssh_user,
+            use_sudo=args.use_sudo,
+            layout=_layout(args.layout),
+            check_all_nodes=not args.skip_node_check,
+            overwrite=args.overwrite,
         )
     except EtcdBackupError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,8 +13,10 @@ class AgeIdentity(Block):
 
     _block_type_name = "age Identity"
     _block_type_slug = "age-identity"
-    _description = ("The age secret key (AGE-SECRET-KEY-1..., from age-keygen) or SSH private key whose "
-                    "public key the backups were encrypted to. Restore flows take this block's name.")
+    _description = (
+        "The age secret key (AGE-SECRET-KEY-1..., from age-keygen) or SSH private key whose "
+        "public key the backups were encrypted to. Restore flows take this block's name."
+    )
     _logo_url = LOGO
 
     identity: SecretStr = Field(description="age secret key file text or OpenSSH private key text")

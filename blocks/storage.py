@@ -44,8 +44,10 @@ class UFileStorage(StorageBlock):
 
     _block_type_name = "UFile Storage"
     _block_type_slug = "ufile-storage"
-    _description = ("Backups in a UCloud UFile bucket. Create a UFile token with upload, download, "
-                    "delete and list rights on the bucket; its public/private keys go here.")
+    _description = (
+        "Backups in a UCloud UFile bucket. Create a UFile token with upload, download, "
+        "delete and list rights on the bucket; its public/private keys go here."
+    )
     _logo_url = LOGO
 
     public_key: str = Field(description="UFile token public key (the S3 access key)")
@@ -60,8 +62,15 @@ class UFileStorage(StorageBlock):
         """A core UFileStorage on the bucket."""
         from etcd_backup.storage.s3 import ufile_storage
 
-        return ufile_storage(self.public_key, self.private_key.get_secret_value(), self.region, self.bucket,
-                             self.prefix, internal=self.internal, endpoint_url=self.endpoint_url)
+        return ufile_storage(
+            self.public_key,
+            self.private_key.get_secret_value(),
+            self.region,
+            self.bucket,
+            self.prefix,
+            internal=self.internal,
+            endpoint_url=self.endpoint_url,
+        )
 
 
 class S3Storage(StorageBlock):
@@ -86,9 +95,16 @@ class S3Storage(StorageBlock):
         """A core S3Storage on the bucket."""
         from etcd_backup.storage.s3 import S3Storage as Core
 
-        return Core(self.bucket, self.prefix, endpoint_url=self.endpoint_url, region=self.region,
-                    access_key=self.access_key_id, secret_key=self.secret_access_key.get_secret_value(),
-                    addressing_style=self.addressing_style, verify=self._verify())
+        return Core(
+            self.bucket,
+            self.prefix,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            access_key=self.access_key_id,
+            secret_key=self.secret_access_key.get_secret_value(),
+            addressing_style=self.addressing_style,
+            verify=self._verify(),
+        )
 
     def _verify(self) -> bool | str:
         """boto3's verify: False, True, or a CA bundle path (PEM text is written to a temp file)."""
@@ -108,8 +124,10 @@ class SSHServerStorage(StorageBlock):
 
     _block_type_name = "SSH Server Storage"
     _block_type_slug = "ssh-server-storage"
-    _description = ("Backups in a directory on an SSH server (SFTP). The account must be able to read, "
-                    "write and delete in the directory. The host key is verified against known_hosts.")
+    _description = (
+        "Backups in a directory on an SSH server (SFTP). The account must be able to read, "
+        "write and delete in the directory. The host key is verified against known_hosts."
+    )
     _logo_url = LOGO
 
     host: str = Field(description="SSH server host name or IP")
@@ -126,10 +144,14 @@ class SSHServerStorage(StorageBlock):
         from etcd_backup.storage.sftp import SFTPStorage
 
         return SFTPStorage(
-            self.host, self.port, self.user, self.directory,
+            self.host,
+            self.port,
+            self.user,
+            self.directory,
             private_key=self.private_key.get_secret_value() if self.private_key else None,
             password=self.password.get_secret_value() if self.password else None,
-            known_hosts=self.known_hosts or None, host_fingerprint=self.host_fingerprint,
+            known_hosts=self.known_hosts or None,
+            host_fingerprint=self.host_fingerprint,
         )
 
 
@@ -172,7 +194,9 @@ def probe_rights(storage: Storage) -> str:
     try:
         listed = _step(where, "list", lambda: [o.key for o in storage.list(PROBE_PREFIX)])
         if key not in listed:
-            raise StorageError(f"missing right: list (the probe {key} was uploaded but not listed) on {where}", step="check")
+            raise StorageError(
+                f"missing right: list (the probe {key} was uploaded but not listed) on {where}", step="check"
+            )
         got = _step(where, "download (get)", lambda: _read_all(storage, key))
         if got != payload:
             raise StorageError(f"download returned different bytes for the probe {key} on {where}", step="check")
@@ -190,7 +214,9 @@ def _step(where: str, right: str, fn):
     try:
         return fn()
     except StorageError as exc:
-        err = StorageError(f"cannot {right} on {where} (needs the {right.split()[0]} right): {exc.message}", step="check")
+        err = StorageError(
+            f"cannot {right} on {where} (needs the {right.split()[0]} right): {exc.message}", step="check"
+        )
         err.transient = exc.transient
         raise err from None
 

@@ -48,16 +48,26 @@ def _storage_block(stack: ExitStack, s3: bool) -> str:
     stack.callback(weed.stop)
     weed.start()
     bucket = weed.make_bucket("etcd-backups")
-    S3Storage(endpoint_url=weed.endpoint, region="us-east-1", bucket=bucket, access_key_id=weed.access_key,
-              secret_access_key=weed.secret_key).save(CLUSTER, overwrite=True)
+    S3Storage(
+        endpoint_url=weed.endpoint,
+        region="us-east-1",
+        bucket=bucket,
+        access_key_id=weed.access_key,
+        secret_access_key=weed.secret_key,
+    ).save(CLUSTER, overwrite=True)
     return f"{S3Storage.get_block_type_slug()}/{CLUSTER}"
 
 
 def _cluster_block(cluster) -> None:
     from blocks import EtcdCluster
 
-    EtcdCluster(cluster_id="uk8s-demo", endpoints=cluster.endpoints, ca_pem=cluster.ca.read_text(),
-                cert_pem=cluster.cert.read_text(), key_pem=cluster.key.read_text()).save(CLUSTER, overwrite=True)
+    EtcdCluster(
+        cluster_id="uk8s-demo",
+        endpoints=cluster.endpoints,
+        ca_pem=cluster.ca.read_text(),
+        cert_pem=cluster.cert.read_text(),
+        key_pem=cluster.key.read_text(),
+    ).save(CLUSTER, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,10 +29,15 @@ class LocalPrefectServer:
 
     def env(self) -> dict:
         """Environment for processes that talk to this server."""
-        return {**os.environ, "PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+        return {
+            **os.environ,
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
 
-    def start(self, timeout: float = 120) -> "LocalPrefectServer":
+    def start(self, timeout: float = 120) -> LocalPrefectServer:
         """Start the server and wait until /api/health answers."""
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**self.env(), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(self.scheduler_seconds)}
@@ -40,12 +45,18 @@ class LocalPrefectServer:
         log = open(self.home / "server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ConfigError(f"Prefect server exited ({self.proc.returncode}); see {self.home / 'server.log'}",
-                                  step="prefect server")
+                raise ConfigError(
+                    f"Prefect server exited ({self.proc.returncode}); see {self.home / 'server.log'}",
+                    step="prefect server",
+                )
             try:
                 if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
                     return self
@@ -53,8 +64,10 @@ class LocalPrefectServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise ConfigError(f"Prefect server did not answer within {timeout:.0f} s; see {self.home / 'server.log'}",
-                          step="prefect server")
+        raise ConfigError(
+            f"Prefect server did not answer within {timeout:.0f} s; see {self.home / 'server.log'}",
+            step="prefect server",
+        )
 
     def stop(self) -> None:
         """Stop the server and its children."""

@@ -23,7 +23,7 @@ def backup_deployment(schedule: BackupSchedule):
         concurrency_limit=ONE_AT_A_TIME,
         tags=["etcd-backup", f"cluster:{schedule.cluster}"],
         description=f"Back up {schedule.cluster} to {schedule.storage} at '{schedule.cron}' ({schedule.timezone}), "
-                    f"keep {schedule.keep}.",
+        f"keep {schedule.keep}.",
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
@@ -48,15 +48,21 @@ class ParsedName:
     encrypted: bool
 
 
-def format_key(cluster_id: str, etcd_version: str, when: datetime, compression: str = "tar.gz",
-               encrypted: bool = False, prefix: str = "") -> str:
+def format_key(
+    cluster_id: str,
+    etcd_version: str,
+    when: datetime,
+    compression: str = "tar.gz",
+    encrypted: bool = False,
+    prefix: str = "",
+) -> str:
     """The object key for a backup, in the runbook's naming (e.g. uk8s-x-backup-etcd-3.3.17-...db.tar.gz)."""
     if compression not in EXTENSIONS:
         raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(EXTENSIONS)}")
     if not cluster_id or "/" in cluster_id:
         raise ConfigError(f"cluster id {cluster_id!r} must be non-empty and contain no '/'")
     if when.tzinfo is not None:
-        when = when.astimezone(timezone.utc)
+        when = when.astimezone(UTC)
     name = f"{cluster_id}-backup-etcd-{etcd_version}-{when.strftime(TIME_FORMAT)}{EXTENSIONS[compression]}"
     if encrypted:
         name += ".age"
@@ -71,11 +77,17 @@ def parse_key(key: str) -> ParsedName | None:
     if not match:
         return None
     try:
-        when = datetime.strptime(match["time"], TIME_FORMAT).replace(tzinfo=timezone.utc)
+        when = datetime.strptime(match["time"], TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
-    return ParsedName(prefix=prefix, cluster_id=match["cluster"], etcd_version=match["version"], time=when,
-                      compression=_COMPRESSION_BY_EXT[match["ext"]], encrypted=bool(match["age"]))
+    return ParsedName(
+        prefix=prefix,
+        cluster_id=match["cluster"],
+        etcd_version=match["version"],
+        time=when,
+        compression=_COMPRESSION_BY_EXT[match["ext"]],
+        encrypted=bool(match["age"]),
+    )
 
 
 class Manifest(BaseModel):
@@ -121,8 +133,9 @@ def read_manifest(storage: Storage, key: str) -> Manifest:
     try:
         manifest = Manifest.model_validate(json.loads(data))
     except (ValueError, ValidationError) as exc:
-        raise ConfigError(f"manifest {manifest_key(key)} is not valid: {exc.__class__.__name__}",
-                          step="read manifest") from None
+        raise ConfigError(
+            f"manifest {manifest_key(key)} is not valid: {exc.__class__.__name__}", step="read manifest"
+        ) from None
     if manifest.key != key:
         raise ConfigError(f"manifest {manifest_key(key)} describes {manifest.key}", step="read manifest")
     return manifest
@@ -164,8 +177,17 @@ def list_backups(storage: Storage, cluster_id: str, prefix: str = "") -> list[Ba
             except (ConfigError, NotFound):
                 manifest = None
         legacy = manifest is None and parsed.compression == "tar.gz" and not parsed.encrypted
-        backups.append(Backup(key=key, cluster_id=cluster_id, time=parsed.time, size=info.size,
-                              compression=parsed.compression, encrypted=parsed.encrypted,
-                              complete=manifest is not None and manifest.size == info.size,
-                              legacy=legacy, manifest=manifest))
+        backups.append(
+            Backup(
+                key=key,
+                cluster_id=cluster_id,
+                time=parsed.time,
+                size=info.size,
+                compression=parsed.compression,
+                encrypted=parsed.encrypted,
+                complete=manifest is not None and manifest.size == info.size,
+                legacy=legacy,
+                manifest=manifest,
+            )
+        )
     return sorted(backups, key=lambda b: (b.time, b.key))

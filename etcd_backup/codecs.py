@@ -9,7 +9,8 @@ import tarfile
 import threading
 import time
 import zlib
-from typing import BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import BinaryIO
 
 import pyrage
 import zstandard
@@ -96,7 +97,8 @@ def compressor(compression: str, sink, *, raw_size: int, member: str = "snapshot
     """A writer that compresses into sink; call close() on it at the end (sink stays open)."""
     if compression == "zstd":
         params = zstandard.ZstdCompressionParameters.from_level(
-            level or ZSTD_LEVEL, threads=cpu_count(), job_size=ZSTD_JOB_SIZE, write_checksum=True)
+            level or ZSTD_LEVEL, threads=cpu_count(), job_size=ZSTD_JOB_SIZE, write_checksum=True
+        )
         return zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, size=raw_size, closefd=False)
     if compression == "gzip":
         return gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=level or 6, mtime=int(time.time()), filename="")
@@ -158,8 +160,9 @@ def parse_identities(identities: Iterable[str | bytes]) -> list:
                 raise ValueError
             parsed.extend(pyrage.x25519.Identity.from_str(key) for key in keys)
         except (ValueError, pyrage.IdentityError):
-            raise ConfigError("an identity is neither an age secret key nor an SSH private key",
-                              step="decrypt") from None
+            raise ConfigError(
+                "an identity is neither an age secret key nor an SSH private key", step="decrypt"
+            ) from None
     return parsed
 
 

@@ -85,13 +85,15 @@ class Diagnosis:
         return data
 
 
-def diagnose(spec: ClusterSpec, facts: list[NodeFacts], health: dict[str, str],
-             members: list[MemberInfo] | None) -> Diagnosis:
+def diagnose(
+    spec: ClusterSpec, facts: list[NodeFacts], health: dict[str, str], members: list[MemberInfo] | None
+) -> Diagnosis:
     """Decide which runbook case applies from node facts, endpoint health and the member list."""
     by_name = {f.name: f for f in facts}
     quorum = any(v == "ok" for v in health.values())
-    findings = tuple(_finding(spec, n, by_name.get(n.name), _health_of(spec, n, health), members, quorum)
-                     for n in spec.nodes)
+    findings = tuple(
+        _finding(spec, n, by_name.get(n.name), _health_of(spec, n, health), members, quorum) for n in spec.nodes
+    )
     extra = _members_not_in_spec(spec, members)
     notes = tuple(f"member {m} is in the member list but not in the cluster block" for m in extra)
     if members is None:
@@ -100,8 +102,15 @@ def diagnose(spec: ClusterSpec, facts: list[NodeFacts], health: dict[str, str],
         case, actions = _quorum_kept(findings, by_name)
     else:
         case, actions = _quorum_lost(spec, findings, by_name)
-    return Diagnosis(case=case, title=TITLES[case], quorum=quorum, nodes=findings, actions=actions,
-                     findings=notes, summary=_summary(case, quorum, findings, actions, notes))
+    return Diagnosis(
+        case=case,
+        title=TITLES[case],
+        quorum=quorum,
+        nodes=findings,
+        actions=actions,
+        findings=notes,
+        summary=_summary(case, quorum, findings, actions, notes),
+    )
 
 
 def _health_of(spec: ClusterSpec, node: MasterNode, health: dict[str, str]) -> str:
@@ -117,8 +126,14 @@ def _netloc(url: str) -> str:
     return (urlparse(url if "://" in url else f"https://{url}").netloc or url).lower()
 
 
-def _finding(spec: ClusterSpec, node: MasterNode, facts: NodeFacts | None, health: str,
-             members: list[MemberInfo] | None, quorum: bool) -> NodeFinding:
+def _finding(
+    spec: ClusterSpec,
+    node: MasterNode,
+    facts: NodeFacts | None,
+    health: str,
+    members: list[MemberInfo] | None,
+    quorum: bool,
+) -> NodeFinding:
     """One node's state (healthy, no quorum, failed, bare, unreachable) with notes a person can act on."""
     is_member = None if members is None else any(_is(spec, node, m) for m in members)
     notes = []
@@ -137,8 +152,7 @@ def _finding(spec: ClusterSpec, node: MasterNode, facts: NodeFacts | None, healt
     state = _state(facts, health)
     if state == FAILED and facts.etcd_active and not quorum:
         state = NO_QUORUM
-    return NodeFinding(name=node.name, ip=node.ip, state=state, health=health,
-                       is_member=is_member, notes=tuple(notes))
+    return NodeFinding(name=node.name, ip=node.ip, state=state, health=health, is_member=is_member, notes=tuple(notes))
 
 
 def _state(facts: NodeFacts | None, health: str) -> str:
@@ -159,8 +173,11 @@ def _is(spec: ClusterSpec, node: MasterNode, member: MemberInfo) -> bool:
 
 def _members_not_in_spec(spec: ClusterSpec, members: list[MemberInfo] | None) -> list[str]:
     """Members (as 'name id peer-urls') that match no node of the spec."""
-    return [f"{m.name or '(unstarted)'} {m.hex_id} {','.join(m.peer_urls)}" for m in members or []
-            if not any(_is(spec, n, m) for n in spec.nodes)]
+    return [
+        f"{m.name or '(unstarted)'} {m.hex_id} {','.join(m.peer_urls)}"
+        for m in members or []
+        if not any(_is(spec, n, m) for n in spec.nodes)
+    ]
 
 
 def _quorum_kept(findings: tuple[NodeFinding, ...], facts: dict[str, NodeFacts]) -> tuple[str, tuple[Action, ...]]:
@@ -172,13 +189,21 @@ def _quorum_kept(findings: tuple[NodeFinding, ...], facts: dict[str, NodeFacts])
     if source is None:
         return MANUAL, ()
     case = NODE_DELETED if all(f.state in (BARE, UNREACHABLE) for f in broken) else MEMBER_FAILED
-    actions = tuple(Action(RESTORE_MEMBER, {"failed_node": f.name, "healthy_node": source.name},
-                           ready=f.state != UNREACHABLE, note=_blocked(f)) for f in broken)
+    actions = tuple(
+        Action(
+            RESTORE_MEMBER,
+            {"failed_node": f.name, "healthy_node": source.name},
+            ready=f.state != UNREACHABLE,
+            note=_blocked(f),
+        )
+        for f in broken
+    )
     return case, actions
 
 
-def _quorum_lost(spec: ClusterSpec, findings: tuple[NodeFinding, ...],
-                 facts: dict[str, NodeFacts]) -> tuple[str, tuple[Action, ...]]:
+def _quorum_lost(
+    spec: ClusterSpec, findings: tuple[NodeFinding, ...], facts: dict[str, NodeFacts]
+) -> tuple[str, tuple[Action, ...]]:
     """Cases 3.1.2 / 3.2.2: rebuild the whole cluster from a backup, keeping the best reachable node."""
     keep = _best([f for f in findings if f.state in (NO_QUORUM, FAILED)], facts)
     if keep is None:
@@ -187,14 +212,18 @@ def _quorum_lost(spec: ClusterSpec, findings: tuple[NodeFinding, ...],
     case = QUORUM_LOST_DELETED if 2 * len(deleted) >= len(spec.nodes) else QUORUM_LOST_FAILED
     blocked = [f for f in findings if f.state == UNREACHABLE]
     note = "; ".join(_blocked(f) for f in blocked)
-    return case, (Action(RESTORE_CLUSTER, {"retained_node": keep.name, "backup": "latest"},
-                         ready=not blocked, note=note),)
+    return case, (
+        Action(RESTORE_CLUSTER, {"retained_node": keep.name, "backup": "latest"}, ready=not blocked, note=note),
+    )
 
 
 def _best(candidates: list[NodeFinding], facts: dict[str, NodeFacts]) -> NodeFinding | None:
     """The node to copy from or keep: reachable with etcd, etcd.conf and certs; prefer running etcd, all files, data."""
-    usable = [f for f in candidates if f.name in facts and facts[f.name].reachable
-              and all(facts[f.name].files.get(k) for k in _SOURCE_FILES)]
+    usable = [
+        f
+        for f in candidates
+        if f.name in facts and facts[f.name].reachable and all(facts[f.name].files.get(k) for k in _SOURCE_FILES)
+    ]
     if not usable:
         return None
 
@@ -208,12 +237,15 @@ def _best(candidates: list[NodeFinding], facts: dict[str, NodeFacts]) -> NodeFin
 def _blocked(f: NodeFinding) -> str:
     if f.state != UNREACHABLE:
         return ""
-    return (f"{f.name} ({f.ip}) cannot be reached over SSH: recreate the machine with the same IP "
-            "and put its new host key in the cluster block's known_hosts")
+    return (
+        f"{f.name} ({f.ip}) cannot be reached over SSH: recreate the machine with the same IP "
+        "and put its new host key in the cluster block's known_hosts"
+    )
 
 
-def _summary(case: str, quorum: bool, findings: tuple[NodeFinding, ...], actions: tuple[Action, ...],
-             notes: tuple[str, ...]) -> str:
+def _summary(
+    case: str, quorum: bool, findings: tuple[NodeFinding, ...], actions: tuple[Action, ...], notes: tuple[str, ...]
+) -> str:
     """Two or three plain sentences for a person."""
     states = ", ".join(f"{f.name} {f.state}" for f in findings)
     text = f"{TITLES[case]}. Quorum {'kept' if quorum else 'lost'}; nodes: {states}."

@@ -14,8 +14,15 @@ from etcd_backup.nodes import Node, nodes_of
 log = logging.getLogger(__name__)
 
 
-def discover(host: str, ssh_port: int = 22, *, access: SSHAccess, cluster_id: str,
-             layout: NodeLayout | None = None, timeout: float = 15.0) -> ClusterSpec:
+def discover(
+    host: str,
+    ssh_port: int = 22,
+    *,
+    access: SSHAccess,
+    cluster_id: str,
+    layout: NodeLayout | None = None,
+    timeout: float = 15.0,
+) -> ClusterSpec:
     """Build the cluster's spec from what one master node holds (certs, etcd.conf, member list)."""
     layout = layout or NodeLayout()
     probe = MasterNode(name=host, ip=host, ssh_port=ssh_port)
@@ -30,8 +37,9 @@ def discover(host: str, ssh_port: int = 22, *, access: SSHAccess, cluster_id: st
     client_urls = [c for _, _, c in members if c]
     client_port = urlparse(client_urls[0]).port if client_urls else layout.client_port
     layout = layout.model_copy(update={"peer_port": peer_port, "client_port": client_port or layout.client_port})
-    return ClusterSpec(cluster_id=cluster_id, ca_pem=ca, cert_pem=cert, key_pem=key,
-                       nodes=nodes, ssh=access, layout=layout)
+    return ClusterSpec(
+        cluster_id=cluster_id, ca_pem=ca, cert_pem=cert, key_pem=key, nodes=nodes, ssh=access, layout=layout
+    )
 
 
 def check_nodes(spec: ClusterSpec, *, timeout: float = 15.0) -> dict[str, str]:
@@ -68,8 +76,11 @@ def parse_env_file(text: str) -> dict[str, str]:
 def _read_required(node: Node, path: str, what: str) -> str:
     """Read a text file the first run needs, with a clear error when it is missing."""
     if not node.exists(path):
-        raise NodeError(f"{what} {path} is missing (is this a master node? set the layout if paths differ)",
-                        step="discover", node=str(node))
+        raise NodeError(
+            f"{what} {path} is missing (is this a master node? set the layout if paths differ)",
+            step="discover",
+            node=str(node),
+        )
     return node.read(path).decode()
 
 
@@ -80,7 +91,9 @@ def _members_from_etcdctl(node: Node, layout: NodeLayout, conf: dict[str, str]) 
     cmd = f"{shlex.quote(layout.etcdctl_bin)} --command-timeout=10s member list -w json"
     result = node.run(cmd, env=layout.etcdctl_env(endpoints), check=False, timeout=60)
     if result.code != 0:
-        log.warning("%s: etcdctl member list failed (%s); using ETCD_INITIAL_CLUSTER", node, result.stderr.strip()[-200:])
+        log.warning(
+            "%s: etcdctl member list failed (%s); using ETCD_INITIAL_CLUSTER", node, result.stderr.strip()[-200:]
+        )
         return []
     by_peer = {p: n for n, p in peers}
     members = []
@@ -97,7 +110,9 @@ def _members_from_conf(conf: dict[str, str], node: Node) -> list[tuple[str, str,
     """Members as (name, peer URL, "") from ETCD_INITIAL_CLUSTER."""
     peers = _initial_cluster(conf)
     if not peers:
-        raise NodeError("etcd.conf has no ETCD_INITIAL_CLUSTER and etcd did not answer", step="discover", node=str(node))
+        raise NodeError(
+            "etcd.conf has no ETCD_INITIAL_CLUSTER and etcd did not answer", step="discover", node=str(node)
+        )
     return [(n, p, "") for n, p in peers]
 
 

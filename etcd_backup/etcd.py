@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -17,8 +18,12 @@ TRAILER = 32
 MIN_SNAPSHOT_RATE = 2 << 20  # bytes/s the snapshot deadline allows for, at the least
 # A fixed 4 MiB HTTP/2 window: with BDP probing gRPC grows it and buffers tens of MB of snapshot.
 MEMBER_IS_LEARNER, STATUS_IS_LEARNER = 5, 10  # proto field numbers newer than pyetcd's generated code
-_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_http_proxy", 0),
-            ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4 << 20)]
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 4 << 20),
+]
 
 
 @dataclass(frozen=True)
@@ -131,23 +136,47 @@ def members(access: EtcdAccess) -> list[MemberInfo]:
     errors = []
     for endpoint in access.endpoints:
         try:
-            resp = _call(access, endpoint, "member list", lambda c: etcdrpc.ClusterStub(c).MemberList(
-                etcdrpc.MemberListRequest(), timeout=access.timeout))
+            resp = _call(
+                access,
+                endpoint,
+                "member list",
+                lambda c: etcdrpc.ClusterStub(c).MemberList(etcdrpc.MemberListRequest(), timeout=access.timeout),
+            )
         except EtcdUnavailable as exc:
             errors.append(str(exc))
             continue
-        return [MemberInfo(id=m.ID, name=m.name, peer_urls=tuple(m.peerURLs), client_urls=tuple(m.clientURLs),
-                           is_learner=_flag(m, MEMBER_IS_LEARNER)) for m in resp.members]
+        return [
+            MemberInfo(
+                id=m.ID,
+                name=m.name,
+                peer_urls=tuple(m.peerURLs),
+                client_urls=tuple(m.clientURLs),
+                is_learner=_flag(m, MEMBER_IS_LEARNER),
+            )
+            for m in resp.members
+        ]
     raise EtcdUnavailable("no endpoint answered: " + "; ".join(errors), step="member list")
 
 
 def status(access: EtcdAccess, endpoint: str) -> EndpointStatus:
     """The status of one endpoint (version, db size, leader, raft index, revision)."""
-    resp = _call(access, endpoint, "endpoint status", lambda c: etcdrpc.MaintenanceStub(c).Status(
-        etcdrpc.StatusRequest(), timeout=access.timeout))
-    return EndpointStatus(endpoint=endpoint, version=resp.version, db_size=resp.dbSize, leader_id=resp.leader,
-                          member_id=resp.header.member_id, raft_index=resp.raftIndex, raft_term=resp.raftTerm,
-                          revision=resp.header.revision, is_learner=_flag(resp, STATUS_IS_LEARNER))
+    resp = _call(
+        access,
+        endpoint,
+        "endpoint status",
+        lambda c: etcdrpc.MaintenanceStub(c).Status(etcdrpc.StatusRequest(), timeout=access.timeout),
+    )
+    return EndpointStatus(
+        endpoint=endpoint,
+        version=resp.version,
+        db_size=resp.dbSize,
+        leader_id=resp.leader,
+        member_id=resp.header.member_id,
+        raft_index=resp.raftIndex,
+        raft_term=resp.raftTerm,
+        revision=resp.header.revision,
+        is_learner=_flag(resp, STATUS_IS_LEARNER),
+    )
 
 
 def key_count(access: EtcdAccess, endpoint: str) -> tuple[int, int]:
@@ -163,8 +192,9 @@ def health(access: EtcdAccess) -> dict[str, str]:
     request = etcdrpc.RangeRequest(key=b"health")
     for endpoint in access.endpoints:
         try:
-            _call(access, endpoint, "endpoint health",
-                  lambda c: etcdrpc.KVStub(c).Range(request, timeout=access.timeout))
+            _call(
+                access, endpoint, "endpoint health", lambda c: etcdrpc.KVStub(c).Range(request, timeout=access.timeout)
+            )
             result[endpoint] = "ok"
         except EtcdUnavailable as exc:
             result[endpoint] = "ok" if "PERMISSION_DENIED" in exc.message else exc.message
@@ -222,7 +252,7 @@ class SnapshotStream:
             call.cancel()
         self._chan_cm.__exit__(None, None, None)
 
-    def __enter__(self) -> "SnapshotStream":
+    def __enter__(self) -> SnapshotStream:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -61,9 +61,21 @@ class NodeFacts:
 
 def script(layout: NodeLayout) -> str:
     """The shell script that checks one node's facts in one SSH command."""
-    paths = {k: shlex.quote(getattr(layout, k)) for k in (
-        "etcd_bin", "etcdctl_bin", "etcdutl_bin", "etcd_conf", "kubernetes_dir", "ca", "cert", "key", "unit",
-        "data_dir")}
+    paths = {
+        k: shlex.quote(getattr(layout, k))
+        for k in (
+            "etcd_bin",
+            "etcdctl_bin",
+            "etcdutl_bin",
+            "etcd_conf",
+            "kubernetes_dir",
+            "ca",
+            "cert",
+            "key",
+            "unit",
+            "data_dir",
+        )
+    }
     return _SCRIPT.format(**paths)
 
 
@@ -72,7 +84,9 @@ def parse(member: MasterNode, output: str) -> NodeFacts:
     values = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
     free = values.get("free", "").strip()
     return NodeFacts(
-        name=member.name, ip=member.ip, reachable=True,
+        name=member.name,
+        ip=member.ip,
+        reachable=True,
         files={k: values.get(k) == "1" for k in FILE_KEYS},
         etcd_version=values.get("version", "").strip() or None,
         etcd_active=values.get("active", "").strip() == "active",

@@ -14,11 +14,11 @@ import logging
 import posixpath
 import select
 import shlex
-import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import paramiko
 
@@ -43,8 +43,9 @@ class Result:
 class Node:
     """One master node reached over SSH with a verified host key."""
 
-    def __init__(self, member: MasterNode, access: SSHAccess, layout: NodeLayout | None = None,
-                 *, connect_timeout: float = 15.0):
+    def __init__(
+        self, member: MasterNode, access: SSHAccess, layout: NodeLayout | None = None, *, connect_timeout: float = 15.0
+    ):
         self.member = member
         self.access = access
         self.layout = layout or NodeLayout()
@@ -90,8 +91,16 @@ class Node:
 
     # -- commands ---------------------------------------------------------------
 
-    def run(self, cmd: str, *, timeout: float = 120.0, check: bool = True, sudo: bool | None = None,
-            env: dict[str, str] | None = None, stdin: bytes | BinaryIO | None = None) -> Result:
+    def run(
+        self,
+        cmd: str,
+        *,
+        timeout: float = 120.0,
+        check: bool = True,
+        sudo: bool | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bytes | BinaryIO | None = None,
+    ) -> Result:
         """Run a shell command, wait at most timeout seconds, and raise NodeError on failure when check.
 
         On timeout the channel is closed; the remote process is not signalled (SSH cannot),
@@ -103,8 +112,15 @@ class Node:
             raise self._failed(cmd, code, result.stderr)
         return result
 
-    def _exec(self, cmd: str, *, timeout: float, sudo: bool | None = None, env: dict[str, str] | None = None,
-              stdin: bytes | BinaryIO | None = None) -> tuple[bytes, bytes, int]:
+    def _exec(
+        self,
+        cmd: str,
+        *,
+        timeout: float,
+        sudo: bool | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bytes | BinaryIO | None = None,
+    ) -> tuple[bytes, bytes, int]:
         """Run cmd and return raw stdout, stderr and exit code."""
         deadline = time.monotonic() + timeout
         chan = self._open(cmd, sudo=sudo, env=env, deadline=deadline)
@@ -150,7 +166,7 @@ class Node:
             for chunk in chunks:
                 chan.settimeout(max(deadline - time.monotonic(), 0.1))
                 chan.sendall(chunk)
-        except socket.timeout:
+        except TimeoutError:
             raise self._error(f"`{_short(cmd)}` timed out reading its input", step="run") from None
         except OSError as exc:
             return str(exc) or exc.__class__.__name__
@@ -196,10 +212,13 @@ class Node:
         a = self.access
         try:
             return ssh.connect(
-                self.ip, self.member.ssh_port, a.user,
+                self.ip,
+                self.member.ssh_port,
+                a.user,
                 private_key=a.private_key.get_secret_value() if a.private_key else None,
                 password=a.password.get_secret_value() if a.password else None,
-                known_hosts=a.known_hosts or None, timeout=self.connect_timeout,
+                known_hosts=a.known_hosts or None,
+                timeout=self.connect_timeout,
             )
         except NodeError as exc:
             exc.node = str(self)
@@ -219,8 +238,15 @@ class Node:
             raise self._failed(f"cat {path}", code, err.decode(errors="replace"), step="read")
         return out
 
-    def write(self, path: str, data: bytes | str | BinaryIO, mode: int | None = None, *,
-              make_parents: bool = True, timeout: float = 300.0) -> None:
+    def write(
+        self,
+        path: str,
+        data: bytes | str | BinaryIO,
+        mode: int | None = None,
+        *,
+        make_parents: bool = True,
+        timeout: float = 300.0,
+    ) -> None:
         """Write data to path in place (truncate + write, keeping the inode), then chmod when mode is given."""
         q = shlex.quote(path)
         cmd = f"cat > {q}"

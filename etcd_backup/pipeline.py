@@ -6,10 +6,11 @@ import io
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
 
 from etcd_backup import etcd
 from etcd_backup.catalog import (
@@ -66,10 +67,19 @@ class BackupRecord:
         return asdict(self)
 
 
-def backup(access: etcd.EtcdAccess, storage: Storage, *, cluster_id: str, prefix: str = "",
-           compression: str = "zstd", recipients: Iterable[str] = (), on_progress: Progress | None = None,
-           now: datetime | None = None, level: int | None = None,
-           sources: Iterable[str] | None = None) -> BackupRecord:
+def backup(
+    access: etcd.EtcdAccess,
+    storage: Storage,
+    *,
+    cluster_id: str,
+    prefix: str = "",
+    compression: str = "zstd",
+    recipients: Iterable[str] = (),
+    on_progress: Progress | None = None,
+    now: datetime | None = None,
+    level: int | None = None,
+    sources: Iterable[str] | None = None,
+) -> BackupRecord:
     """Stream a snapshot of the cluster into storage, verified, with its manifest written last.
 
     `sources` is the member order to try (default: etcd.pick_sources, leader first).
@@ -78,9 +88,8 @@ def backup(access: etcd.EtcdAccess, storage: Storage, *, cluster_id: str, prefix
         raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
     recipient_keys = [r.strip() for r in recipients]
     parsed = parse_recipients(recipient_keys)
-    when = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
-    template = _Job(access, storage, cluster_id, prefix, compression, recipient_keys, parsed, when, on_progress,
-                    level)
+    when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    template = _Job(access, storage, cluster_id, prefix, compression, recipient_keys, parsed, when, on_progress, level)
     errors = []
     for endpoint in sources or etcd.pick_sources(access):
         try:
@@ -113,29 +122,51 @@ class _Job:
         st = etcd.status(self.access, self.endpoint)
         member = _member_name(self.access, st.member_id)
         rev_before, _ = etcd.key_count(self.access, self.endpoint)
-        key = format_key(self.cluster_id, st.version, self.when, self.compression, bool(self.recipients),
-                         self.prefix)
+        key = format_key(self.cluster_id, st.version, self.when, self.compression, bool(self.recipients), self.prefix)
         with etcd.SnapshotStream(self.access, self.endpoint, st.db_size) as stream:
             rev_after, keys = etcd.key_count(self.access, self.endpoint)  # the snapshot's read tx is open now
             stored, check = self._store(key, stream, member)
         manifest = Manifest(
-            cluster=self.cluster_id, key=key, size=stored.size, sha256=stored.sha256, raw_size=check.size,
-            raw_sha256=check.sha256, revision=rev_after, revision_exact=rev_before == rev_after, key_count=keys,
-            etcd_version=st.version, source_member=member, source_endpoint=self.endpoint,
-            created=self.when, compression=self.compression, encryption="age" if self.recipients else None,
-            recipients=self.recipient_keys)
+            cluster=self.cluster_id,
+            key=key,
+            size=stored.size,
+            sha256=stored.sha256,
+            raw_size=check.size,
+            raw_sha256=check.sha256,
+            revision=rev_after,
+            revision_exact=rev_before == rev_after,
+            key_count=keys,
+            etcd_version=st.version,
+            source_member=member,
+            source_endpoint=self.endpoint,
+            created=self.when,
+            compression=self.compression,
+            encryption="age" if self.recipients else None,
+            recipients=self.recipient_keys,
+        )
         try:
             self.storage.put(manifest_key(key), io.BytesIO(manifest.to_json()))
         except BaseException:
             _forget(self.storage, key)
             raise
         return BackupRecord(
-            key=key, manifest_key=manifest_key(key), size=stored.size, sha256=stored.sha256,
-            raw_size=check.size, raw_sha256=check.sha256, revision=manifest.revision,
-            revision_exact=manifest.revision_exact, key_count=keys, etcd_version=st.version,
-            source_member=member, source_endpoint=self.endpoint, compression=self.compression,
-            encrypted=bool(self.recipients), duration_seconds=round(time.monotonic() - started, 3),
-            ratio=round(check.size / stored.size, 3) if stored.size else 0.0)
+            key=key,
+            manifest_key=manifest_key(key),
+            size=stored.size,
+            sha256=stored.sha256,
+            raw_size=check.size,
+            raw_sha256=check.sha256,
+            revision=manifest.revision,
+            revision_exact=manifest.revision_exact,
+            key_count=keys,
+            etcd_version=st.version,
+            source_member=member,
+            source_endpoint=self.endpoint,
+            compression=self.compression,
+            encrypted=bool(self.recipients),
+            duration_seconds=round(time.monotonic() - started, 3),
+            ratio=round(check.size / stored.size, 3) if stored.size else 0.0,
+        )
 
     def _store(self, key: str, stream: etcd.SnapshotStream, member: str) -> tuple[HashingReader, SnapshotCheck]:
         """Run the producer thread into a pipe that storage.put reads; nothing visible unless all went well."""
@@ -143,8 +174,9 @@ class _Job:
         stored = HashingReader(out)  # hashed on the reading side: spreads the work over both threads
         check = SnapshotCheck(f"{member} ({self.endpoint})")
         member_name = key.rpartition("/")[2].removesuffix(".age").removesuffix(".tar.gz")
-        thread = threading.Thread(target=self._produce, args=(stream, check, out, member_name),
-                                  name="backup-producer", daemon=True)
+        thread = threading.Thread(
+            target=self._produce, args=(stream, check, out, member_name), name="backup-producer", daemon=True
+        )
         thread.start()
         try:
             self.storage.put(key, stored)
@@ -174,8 +206,9 @@ class _Job:
     def _encode(self, stream, check: SnapshotCheck, out: Pipe, member_name: str) -> None:
         encryptor = Encryptor(out, self.recipients) if self.recipients else None
         try:
-            writer = compressor(self.compression, encryptor or out, raw_size=stream.total, member=member_name,
-                                level=self.level)
+            writer = compressor(
+                self.compression, encryptor or out, raw_size=stream.total, member=member_name, level=self.level
+            )
             reported = 0
             for chunk in stream:
                 check.update(chunk)
@@ -185,8 +218,11 @@ class _Job:
                     self.on_progress(check.size, stream.total)
             check.finish(step="backup")
             if check.size != stream.total:
-                raise BackupCorrupt(f"snapshot has {check.size} bytes, etcd announced {stream.total}",
-                                    step="backup", node=stream.endpoint)
+                raise BackupCorrupt(
+                    f"snapshot has {check.size} bytes, etcd announced {stream.total}",
+                    step="backup",
+                    node=stream.endpoint,
+                )
             writer.close()
         except BrokenPipeError:
             if encryptor:  # the encrypting thread failed first: report its error
@@ -234,8 +270,9 @@ def verify(storage: Storage, key_or_backup: str | Backup, identities: Iterable[s
     return _read_back(storage, _key_of(key_or_backup), list(identities), sink=None)
 
 
-def fetch_snapshot(storage: Storage, backup: str | Backup, dest_path: str | Path,
-                   identities: Iterable[str | bytes] = ()) -> VerifyResult:
+def fetch_snapshot(
+    storage: Storage, backup: str | Backup, dest_path: str | Path, identities: Iterable[str | bytes] = ()
+) -> VerifyResult:
     """Write the verified raw snapshot to dest_path (via dest_path.tmp, renamed only when every check passed)."""
     dest = Path(dest_path)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -280,22 +317,26 @@ def _read_back(storage: Storage, key: str, identities: list, sink: BinaryIO | No
             while inner.read(1 << 20):  # the rest (tar padding, age end), so digests cover everything
                 pass
         except DECODE_ERRORS as exc:
-            raise BackupCorrupt(f"cannot decode: {exc.__class__.__name__}: {exc}", step="verify",
-                                node=key) from None
+            raise BackupCorrupt(f"cannot decode: {exc.__class__.__name__}: {exc}", step="verify", node=key) from None
         finally:
             if isinstance(inner, Pipe):
                 inner.stop_reading()  # lets the decrypting thread end if we stopped early
     _compare(key, manifest, stored, check)
-    return VerifyResult(key=key, size=stored.size, sha256=stored.sha256, raw_size=check.size,
-                        raw_sha256=check.sha256, legacy=manifest is None, manifest=manifest)
+    return VerifyResult(
+        key=key,
+        size=stored.size,
+        sha256=stored.sha256,
+        raw_size=check.size,
+        raw_sha256=check.sha256,
+        legacy=manifest is None,
+        manifest=manifest,
+    )
 
 
 def _compare(key: str, manifest: Manifest | None, stored: HashingReader, check: SnapshotCheck) -> None:
     if manifest is not None:
         if (stored.size, stored.sha256) != (manifest.size, manifest.sha256):
-            raise BackupCorrupt("stored object differs from its manifest (size or sha256)", step="verify",
-                                node=key)
+            raise BackupCorrupt("stored object differs from its manifest (size or sha256)", step="verify", node=key)
         if (check.size, check.sha256) != (manifest.raw_size, manifest.raw_sha256):
-            raise BackupCorrupt("decoded snapshot differs from its manifest (size or sha256)", step="verify",
-                                node=key)
+            raise BackupCorrupt("decoded snapshot differs from its manifest (size or sha256)", step="verify", node=key)
     check.finish(step="verify")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Sequence
 
 from etcd_backup.catalog import Backup
 from etcd_backup.errors import ConfigError
@@ -39,7 +39,7 @@ class Policy:
             raise ConfigError("retention must keep at least the newest backup (keep >= 1)")
 
     @classmethod
-    def parse(cls, text: str | int) -> "Policy":
+    def parse(cls, text: str | int) -> Policy:
         """Read a policy like "7", "keep 7" or "keep 7, daily 7, weekly 4, monthly 6"."""
         if isinstance(text, int):
             return cls(keep_last=text)
@@ -50,8 +50,10 @@ class Policy:
         for part in filter(None, (p.strip() for p in re.split(r"[,;]", text))):
             match = re.fullmatch(r"([a-z_]+)\s*[ =:]\s*(\d+)", part.lower())
             if not match or match[1] not in _WORDS:
-                raise ConfigError(f"cannot read retention {text!r} at {part!r}; "
-                                  "write e.g. 'keep 7, hourly 24, daily 7, weekly 4, monthly 6'")
+                raise ConfigError(
+                    f"cannot read retention {text!r} at {part!r}; "
+                    "write e.g. 'keep 7, hourly 24, daily 7, weekly 4, monthly 6'"
+                )
             name = _WORDS[match[1]]
             if name in values:
                 raise ConfigError(f"retention {text!r} names {match[1]!r} twice")
@@ -91,8 +93,9 @@ def plan(backups: Sequence[Backup], policy: Policy, now: datetime, cluster_id: s
     """Decide which backups of one cluster to keep and which to remove, newest always kept."""
     clusters = {b.cluster_id for b in backups}
     if cluster_id is None and len(clusters) > 1:
-        raise ConfigError(f"retention got backups of several clusters ({', '.join(sorted(clusters))}); "
-                          "name the cluster")
+        raise ConfigError(
+            f"retention got backups of several clusters ({', '.join(sorted(clusters))}); name the cluster"
+        )
     cluster_id = cluster_id or next(iter(clusters), "")
     result = RetentionPlan()
     candidates = []

@@ -46,11 +46,15 @@ class SnapshotCheck:
     def finish(self, *, step: str = "check snapshot") -> str:
         """Raise BackupCorrupt unless size % 512 == 32 and the trailer is the sha256 of the rest; return sha256."""
         if self.size < 512 + TRAILER or self.size % 512 != TRAILER:
-            raise BackupCorrupt(f"snapshot of {self.size} bytes has no sha256 trailer (size % 512 != 32)",
-                                step=step, node=self.where or None)
+            raise BackupCorrupt(
+                f"snapshot of {self.size} bytes has no sha256 trailer (size % 512 != 32)",
+                step=step,
+                node=self.where or None,
+            )
         if self._body.digest() != self._tail:
-            raise BackupCorrupt("snapshot sha256 trailer does not match its content",
-                                step=step, node=self.where or None)
+            raise BackupCorrupt(
+                "snapshot sha256 trailer does not match its content", step=step, node=self.where or None
+            )
         return self.sha256
 
 
@@ -87,11 +91,14 @@ def inspect_db(path: str | Path, tool: str | Path | None = None) -> SnapshotStat
     """Run `etcdutl snapshot status -w json` (or etcdctl's, for 3.4) on a snapshot file."""
     command = [str(tool)] if tool else find_status_tool()
     env = {**os.environ, "ETCDCTL_API": "3"}
-    done = subprocess.run([*command, "snapshot", "status", "-w", "json", str(path)], capture_output=True,
-                          text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [*command, "snapshot", "status", "-w", "json", str(path)], capture_output=True, text=True, env=env, timeout=600
+    )
     if done.returncode != 0:
-        raise BackupCorrupt(f"snapshot status failed: {done.stderr.strip()[-300:]}", step="snapshot status",
-                            node=str(path))
+        raise BackupCorrupt(
+            f"snapshot status failed: {done.stderr.strip()[-300:]}", step="snapshot status", node=str(path)
+        )
     data = json.loads(done.stdout)
-    return SnapshotStatus(hash=data["hash"], revision=data["revision"], total_key=data["totalKey"],
-                          total_size=data["totalSize"])
+    return SnapshotStatus(
+        hash=data["hash"], revision=data["revision"], total_key=data["totalKey"], total_size=data["totalSize"]
+    )

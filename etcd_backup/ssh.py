@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import socket
 
 import paramiko
 
@@ -67,19 +66,29 @@ def connect(
     where = f"{user}@{host}:{port}"
     try:
         client.connect(
-            host, port=port, username=user, pkey=pkey, password=password, timeout=timeout,
-            banner_timeout=timeout, auth_timeout=timeout, allow_agent=False, look_for_keys=False,
+            host,
+            port=port,
+            username=user,
+            pkey=pkey,
+            password=password,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            allow_agent=False,
+            look_for_keys=False,
         )
     except NodeError:
         client.close()
         raise
     except paramiko.BadHostKeyException as exc:
         client.close()
-        raise NodeError(f"host key of {where} changed: {fingerprint(exc.key)} is not the known key", step="ssh", node=host) from None
+        raise NodeError(
+            f"host key of {where} changed: {fingerprint(exc.key)} is not the known key", step="ssh", node=host
+        ) from None
     except paramiko.AuthenticationException:
         client.close()
         raise NodeError(f"authentication failed for {where}", step="ssh", node=host) from None
-    except (OSError, socket.timeout, paramiko.SSHException) as exc:
+    except (TimeoutError, OSError, paramiko.SSHException) as exc:
         client.close()
         err = NodeError(f"cannot reach {where}: {exc.__class__.__name__}: {exc}", step="ssh", node=host)
         err.transient = True

@@ -14,8 +14,14 @@ from tasks import backup as steps
 
 
 @flow(name="etcd-backup", on_failure=[notify_on_failure], log_prints=False)
-def backup_etcd(cluster: str, storage: str, keep: int = 7, compression: str = "zstd",
-                encrypt_to: list[str] = [], notify: str | None = None) -> dict:  # noqa: B006 - Prefect shows the default
+def backup_etcd(
+    cluster: str,
+    storage: str,
+    keep: int = 7,
+    compression: str = "zstd",
+    encrypt_to: list[str] = [],
+    notify: str | None = None,
+) -> dict:  # noqa: B006 - Prefect shows the default
     """Back up one etcd cluster to a storage block and keep the newest `keep` backups."""
     if compression not in COMPRESSIONS:
         raise ConfigError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}", step="parameters")

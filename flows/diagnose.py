@@ -25,9 +25,11 @@ def diagnose_cluster(cluster: str) -> dict:
     found = facts.result()
     diagnosis = diagnose(spec, found, health.result(), members.result())
     commands = [run_command(a.flow, cluster, a.parameters) for a in diagnosis.actions]
-    create_markdown_artifact(report(spec.cluster_id, diagnosis, found, commands),
-                             key=artifact_key("diagnosis", spec.cluster_id),
-                             description=f"Diagnosis of {spec.cluster_id}: {diagnosis.case}")
+    create_markdown_artifact(
+        report(spec.cluster_id, diagnosis, found, commands),
+        key=artifact_key("diagnosis", spec.cluster_id),
+        description=f"Diagnosis of {spec.cluster_id}: {diagnosis.case}",
+    )
     get_run_logger().info("%s", diagnosis.summary)
     return {"cluster": cluster, **diagnosis.to_dict(), "commands": commands, "facts": [asdict(f) for f in found]}
 
@@ -41,27 +43,50 @@ def run_command(flow_name: str, cluster: str, parameters: dict[str, str]) -> str
 def report(cluster_id: str, diagnosis: Diagnosis, facts: list[NodeFacts], commands: list[str]) -> str:
     """The markdown artifact: the case, what to run, and a table of the nodes."""
     by_name = {f.name: f for f in facts}
-    lines = [f"# Diagnosis of {cluster_id}", "", f"**Case: {diagnosis.title}**", "",
-             f"Quorum: {'kept' if diagnosis.quorum else 'lost'}", ""]
+    lines = [
+        f"# Diagnosis of {cluster_id}",
+        "",
+        f"**Case: {diagnosis.title}**",
+        "",
+        f"Quorum: {'kept' if diagnosis.quorum else 'lost'}",
+        "",
+    ]
     for action, command in zip(diagnosis.actions, commands):
         params = ", ".join(f"`{k}={v}`" for k, v in action.parameters.items())
-        lines += [f"Run flow `{action.flow}` with {params}" + ("" if action.ready else f" (first: {action.note})"),
-                  "", "```", command, "```", ""]
+        lines += [
+            f"Run flow `{action.flow}` with {params}" + ("" if action.ready else f" (first: {action.note})"),
+            "",
+            "```",
+            command,
+            "```",
+            "",
+        ]
     if not diagnosis.actions:
         lines += ["Nothing to run." if diagnosis.case == "healthy" else diagnosis.summary, ""]
-    lines += ["| node | IP | state | etcd health | member | etcd | service | data dir | free | notes |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| node | IP | state | etcd health | member | etcd | service | data dir | free | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for n in diagnosis.nodes:
         f = by_name.get(n.name)
         member = "?" if n.is_member is None else ("yes" if n.is_member else "no")
         reach = f is not None and f.reachable
-        lines.append(" | ".join([
-            f"| {n.name}", n.ip, n.state, _cell(n.health), member,
-            (f.etcd_version or "-") if reach else "-",
-            ("active" if f.etcd_active else "inactive") if reach else "-",
-            ("present" if f.data_dir_present else "absent") if reach else "-",
-            human_size(f.free_bytes) if reach and f.free_bytes is not None else "-",
-            _cell("; ".join(n.notes)) + " |"]))
+        lines.append(
+            " | ".join(
+                [
+                    f"| {n.name}",
+                    n.ip,
+                    n.state,
+                    _cell(n.health),
+                    member,
+                    (f.etcd_version or "-") if reach else "-",
+                    ("active" if f.etcd_active else "inactive") if reach else "-",
+                    ("present" if f.data_dir_present else "absent") if reach else "-",
+                    human_size(f.free_bytes) if reach and f.free_bytes is not None else "-",
+                    _cell("; ".join(n.notes)) + " |",
+                ]
+            )
+        )
     lines += [""] + [f"- {note}" for note in diagnosis.findings]
     return "\n".join(lines)
 

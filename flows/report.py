@@ -27,17 +27,19 @@ def backup_report(cluster_id: str, record: dict, plan: RetentionPlan, removed: l
     """Table of the new backup plus what retention kept and removed."""
     create_table_artifact(
         key=artifact_key("backup", cluster_id),
-        table=[{
-            "key": record["key"],
-            "size": human_size(record["size"]),
-            "ratio": f"{record['ratio']:.2f}",
-            "revision": record["revision"],
-            "keys": record["key_count"],
-            "etcd": record["etcd_version"],
-            "duration": f"{record['duration_seconds']:.1f} s",
-            "source member": record["source_member"],
-            "sha256": record["sha256"][:16] + "…",
-        }],
+        table=[
+            {
+                "key": record["key"],
+                "size": human_size(record["size"]),
+                "ratio": f"{record['ratio']:.2f}",
+                "revision": record["revision"],
+                "keys": record["key_count"],
+                "etcd": record["etcd_version"],
+                "duration": f"{record['duration_seconds']:.1f} s",
+                "source member": record["source_member"],
+                "sha256": record["sha256"][:16] + "…",
+            }
+        ],
         description=f"Backup of {cluster_id}",
     )
     retention_report(cluster_id, plan, removed, dry_run)
@@ -50,8 +52,9 @@ def retention_report(cluster_id: str, plan: RetentionPlan, removed: list[str], d
     for b in sorted(plan.keep + plan.remove, key=lambda b: b.time, reverse=True):
         decision = verb if b.key in removed else "keep"
         lines.append(f"| `{b.key}` | {decision} | {plan.reasons.get(b.key, '')} |")
-    create_markdown_artifact("\n".join(lines), key=artifact_key("retention", cluster_id),
-                             description=f"Retention decisions for {cluster_id}")
+    create_markdown_artifact(
+        "\n".join(lines), key=artifact_key("retention", cluster_id), description=f"Retention decisions for {cluster_id}"
+    )
 
 
 def backups_table(cluster_id: str, backups: list[Backup]) -> list[dict]:
@@ -59,16 +62,21 @@ def backups_table(cluster_id: str, backups: list[Backup]) -> list[dict]:
     rows = []
     for b in sorted(backups, key=lambda b: b.time, reverse=True):
         m = b.manifest
-        rows.append({
-            "key": b.key,
-            "time (UTC)": b.time.strftime("%Y-%m-%d %H:%M:%S"),
-            "size": human_size(b.size),
-            "state": "legacy" if b.legacy else ("complete" if b.complete else "incomplete"),
-            "compression": b.compression + (" + age" if b.encrypted else ""),
-            "revision": m.revision if m else "",
-            "keys": m.key_count if m else "",
-            "etcd": m.etcd_version if m else "",
-        })
-    create_table_artifact(key=artifact_key("backups", cluster_id), table=rows or [{"key": "(no backups)"}],
-                          description=f"Backups of {cluster_id}")
+        rows.append(
+            {
+                "key": b.key,
+                "time (UTC)": b.time.strftime("%Y-%m-%d %H:%M:%S"),
+                "size": human_size(b.size),
+                "state": "legacy" if b.legacy else ("complete" if b.complete else "incomplete"),
+                "compression": b.compression + (" + age" if b.encrypted else ""),
+                "revision": m.revision if m else "",
+                "keys": m.key_count if m else "",
+                "etcd": m.etcd_version if m else "",
+            }
+        )
+    create_table_artifact(
+        key=artifact_key("backups", cluster_id),
+        table=rows or [{"key": "(no backups)"}],
+        description=f"Backups of {cluster_id}",
+    )
     return rows

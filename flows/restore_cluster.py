@@ -6,7 +6,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 
@@ -21,13 +21,22 @@ WORK_DIR = os.environ.get("ETCD_BACKUP_WORK_DIR")  # where the flow keeps the fe
 
 
 @flow(name="etcd-restore-cluster", on_failure=[notify_on_failure])
-def restore_cluster(cluster: str, storage: str, backup: str = "latest", retained_node: str | None = None,
-                    restore_control_plane: bool = False, confirm: bool = False, dry_run: bool = False,
-                    identity: str | None = None, force: bool = False, confirm_timeout: int = 900,
-                    notify: str | None = None) -> dict:
+def restore_cluster(
+    cluster: str,
+    storage: str,
+    backup: str = "latest",
+    retained_node: str | None = None,
+    restore_control_plane: bool = False,
+    confirm: bool = False,
+    dry_run: bool = False,
+    identity: str | None = None,
+    force: bool = False,
+    confirm_timeout: int = 900,
+    notify: str | None = None,
+) -> dict:
     """Restore every member of a cluster that lost quorum from one verified backup; undo everything on failure."""
     cluster_id = EtcdCluster.load(cluster).cluster_id
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = tempfile.mkdtemp(prefix=f"etcd-restore-{run_id}-", dir=WORK_DIR)
     try:
         # 1-2: every check, and the backup fetched and verified, before anything changes
@@ -51,8 +60,15 @@ def restore_cluster(cluster: str, storage: str, backup: str = "latest", retained
         shutil.rmtree(work, ignore_errors=True)
     if not report.ok:
         state = "rolled back" if report.rolled_back and not report.rollback_errors else "NOT fully rolled back"
-        raise EtcdBackupError(f"restore failed and was {state} (see artifact {report_key}): {report.error}",
-                              step="restore")
+        raise EtcdBackupError(
+            f"restore failed and was {state} (see artifact {report_key}): {report.error}", step="restore"
+        )
     get_run_logger().info("cluster %s restored from %s in %.1f s", cluster_id, snapshot.key, report.seconds)
-    return {"backup": snapshot.key, "retained": plan.retained, "token": token, "report": report_key,
-            "seconds": report.seconds, "data": report.checks.get("data")}
+    return {
+        "backup": snapshot.key,
+        "retained": plan.retained,
+        "token": token,
+        "report": report_key,
+        "seconds": report.seconds,
+        "data": report.checks.get("data"),
+    }

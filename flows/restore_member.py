@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 
@@ -16,12 +16,19 @@ from tasks.restore import gather_facts
 
 
 @flow(name="etcd-restore-member", on_failure=[notify_on_failure])
-def restore_member(cluster: str, failed_node: str, healthy_node: str | None = None,
-                   restore_control_plane: bool = False, confirm: bool = False, dry_run: bool = False,
-                   confirm_timeout: int = 900, notify: str | None = None) -> dict:
+def restore_member(
+    cluster: str,
+    failed_node: str,
+    healthy_node: str | None = None,
+    restore_control_plane: bool = False,
+    confirm: bool = False,
+    dry_run: bool = False,
+    confirm_timeout: int = 900,
+    notify: str | None = None,
+) -> dict:
     """Replace the member of a repaired or recreated node while quorum holds; undo the node's changes on failure."""
     cluster_id = EtcdCluster.load(cluster).cluster_id
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     # 1-2: every check before anything changes: nodes (host keys verified), health, member list
     facts = gather_facts(cluster)
     state = steps.read_membership(cluster)
@@ -30,11 +37,19 @@ def restore_member(cluster: str, failed_node: str, healthy_node: str | None = No
     plan_key = member_plan_artifact(plan, dry_run)
     if dry_run:
         get_run_logger().info("dry run: nothing changed; the plan is in artifact %s", plan_key)
-        return {"dry_run": True, "plan": plan_key, "failed": plan.failed, "healthy": plan.healthy,
-                "remove_id": plan.remove_id}
+        return {
+            "dry_run": True,
+            "plan": plan_key,
+            "failed": plan.failed,
+            "healthy": plan.healthy,
+            "remove_id": plan.remove_id,
+        }
     if not confirm:
-        confirm_or_refuse(cluster_id, f"Replacing member {plan.failed} (member remove/add, data dir set aside)",
-                          timeout=confirm_timeout)
+        confirm_or_refuse(
+            cluster_id,
+            f"Replacing member {plan.failed} (member remove/add, data dir set aside)",
+            timeout=confirm_timeout,
+        )
     # 3-7: copy files, rewrite etcd.conf, set data aside, member remove, member add, start, control plane
     report = steps.execute_member(cluster, plan)
     report_key = member_report_artifact(plan, report)
@@ -42,8 +57,18 @@ def restore_member(cluster: str, failed_node: str, healthy_node: str | None = No
         removed = any(r.phase == "remove" and r.status == "done" for r in report.results)
         state_text = "rolled back" if report.rolled_back and not report.rollback_errors else "NOT fully rolled back"
         where = f"; {plan.failed} is no longer a member: run this flow again to add it" if removed else ""
-        raise EtcdBackupError(f"member replacement failed and was {state_text}{where} (see artifact {report_key}): "
-                              f"{report.error}", step="restore member", node=plan.failed)
+        raise EtcdBackupError(
+            f"member replacement failed and was {state_text}{where} (see artifact {report_key}): {report.error}",
+            step="restore member",
+            node=plan.failed,
+        )
     get_run_logger().info("%s replaced in %s in %.1f s", plan.failed, cluster_id, report.seconds)
-    return {"failed": plan.failed, "healthy": plan.healthy, "removed": plan.remove_id, "report": report_key,
-            "seconds": report.seconds, "members": report.checks.get("member"), "data": report.checks.get("data")}
+    return {
+        "failed": plan.failed,
+        "healthy": plan.healthy,
+        "removed": plan.remove_id,
+        "report": report_key,
+        "seconds": report.seconds,
+        "members": report.checks.get("member"),
+        "data": report.checks.get("data"),
+    }

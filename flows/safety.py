@@ -23,17 +23,27 @@ class ConfirmRestore(RunInput):
 
 def confirm_or_refuse(cluster_id: str, what: str, timeout: int = 600, poll_interval: int = 5) -> None:
     """Pause the run until someone types the cluster's name in the UI; a wrong name or no answer refuses."""
-    description = (f"**{what}** will change nodes of etcd cluster `{cluster_id}`. Read the plan artifact, "
-                   f"then type the cluster name `{cluster_id}` to go on. Anything else stops the run, nothing changed.")
+    description = (
+        f"**{what}** will change nodes of etcd cluster `{cluster_id}`. Read the plan artifact, "
+        f"then type the cluster name `{cluster_id}` to go on. Anything else stops the run, nothing changed."
+    )
     try:
-        answer = pause_flow_run(wait_for_input=ConfirmRestore.with_initial_data(description=description),
-                                timeout=timeout, poll_interval=poll_interval, key="confirm-restore")
+        answer = pause_flow_run(
+            wait_for_input=ConfirmRestore.with_initial_data(description=description),
+            timeout=timeout,
+            poll_interval=poll_interval,
+            key="confirm-restore",
+        )
     except Exception as exc:  # FlowPauseTimeout, or a resume without input
-        raise RestoreRefused(f"no confirmation within {timeout} s ({exc.__class__.__name__}); nothing was changed",
-                             step="confirm") from None
+        raise RestoreRefused(
+            f"no confirmation within {timeout} s ({exc.__class__.__name__}); nothing was changed", step="confirm"
+        ) from None
     if answer.cluster_name.strip() != cluster_id:
-        raise RestoreRefused(f"the name typed ({answer.cluster_name.strip()!r}) is not the cluster's name "
-                             f"{cluster_id!r}; nothing was changed", step="confirm")
+        raise RestoreRefused(
+            f"the name typed ({answer.cluster_name.strip()!r}) is not the cluster's name "
+            f"{cluster_id!r}; nothing was changed",
+            step="confirm",
+        )
     get_run_logger().info("confirmed by typing the cluster name %s", cluster_id)
 
 
@@ -63,6 +73,7 @@ def member_plan_artifact(plan: MemberPlan, dry_run: bool) -> str:
 def member_report_artifact(plan: MemberPlan, report: ExecutionReport) -> str:
     """Publish what the member replacement did, step timings and the final member list as a markdown artifact."""
     key = artifact_key("member-report", plan.cluster_id)
-    create_markdown_artifact(member_report_markdown(plan, report), key=key,
-                             description=f"Replacement of {plan.failed} in {plan.cluster_id}")
+    create_markdown_artifact(
+        member_report_markdown(plan, report), key=key, description=f"Replacement of {plan.failed} in {plan.cluster_id}"
+    )
     return key

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -16,8 +16,9 @@ from tasks.retry import RETRY
 PROGRESS_EVERY_SECONDS = 2.0
 
 
-@task(name="choose-source", task_run_name="choose-source-{cluster}", cache_policy=NO_CACHE,
-      timeout_seconds=120, **RETRY)
+@task(
+    name="choose-source", task_run_name="choose-source-{cluster}", cache_policy=NO_CACHE, timeout_seconds=120, **RETRY
+)
 def choose_sources(cluster: str) -> list[str]:
     """Healthy voting members of the cluster, leader first."""
     access = EtcdCluster.load(cluster).access()
@@ -30,10 +31,16 @@ def choose_sources(cluster: str) -> list[str]:
     return sources
 
 
-@task(name="snapshot-to-storage", task_run_name="snapshot-{cluster}-to-{storage}", cache_policy=NO_CACHE,
-      timeout_seconds=6 * 3600, **RETRY)
-def snapshot_to_storage(cluster: str, storage: str, compression: str, encrypt_to: list[str],
-                        sources: list[str]) -> dict:
+@task(
+    name="snapshot-to-storage",
+    task_run_name="snapshot-{cluster}-to-{storage}",
+    cache_policy=NO_CACHE,
+    timeout_seconds=6 * 3600,
+    **RETRY,
+)
+def snapshot_to_storage(
+    cluster: str, storage: str, compression: str, encrypt_to: list[str], sources: list[str]
+) -> dict:
     """Stream one verified snapshot into storage from the first source that works, manifest last."""
     block = EtcdCluster.load(cluster)
     store = load_storage(storage).build()
@@ -41,13 +48,27 @@ def snapshot_to_storage(cluster: str, storage: str, compression: str, encrypt_to
     logger.info("streaming a %s snapshot of %s to %s", compression, block.cluster_id, store.describe())
     progress = _Progress(key=f"backup-progress-{_slug(block.cluster_id)}")
     try:
-        record = pipeline.backup(block.access(), store, cluster_id=block.cluster_id, compression=compression,
-                                 recipients=encrypt_to, on_progress=progress, sources=sources)
+        record = pipeline.backup(
+            block.access(),
+            store,
+            cluster_id=block.cluster_id,
+            compression=compression,
+            recipients=encrypt_to,
+            on_progress=progress,
+            sources=sources,
+        )
     finally:
         store.close()
     progress(1, 1)
-    logger.info("stored %s (%d bytes, sha256 %s) from %s at revision %d, %d keys",
-                record.key, record.size, record.sha256, record.source_member, record.revision, record.key_count)
+    logger.info(
+        "stored %s (%d bytes, sha256 %s) from %s at revision %d, %d keys",
+        record.key,
+        record.size,
+        record.sha256,
+        record.source_member,
+        record.revision,
+        record.key_count,
+    )
     return record.to_dict()
 
 
@@ -60,9 +81,10 @@ def plan_retention(cluster: str, storage: str, keep: int | str) -> retention.Ret
         backups = catalog.list_backups(store, cluster_id)
     finally:
         store.close()
-    plan = retention.plan(backups, retention.Policy.parse(keep), datetime.now(timezone.utc), cluster_id)
-    get_run_logger().info("retention '%s': keep %d, remove %d", retention.Policy.parse(keep),
-                          len(plan.keep), len(plan.remove))
+    plan = retention.plan(backups, retention.Policy.parse(keep), datetime.now(UTC), cluster_id)
+    get_run_logger().info(
+        "retention '%s': keep %d, remove %d", retention.Policy.parse(keep), len(plan.keep), len(plan.remove)
+    )
     return plan
 
 

@@ -59,8 +59,13 @@ def member_list(cluster: str) -> list[etcd.MemberInfo] | None:
         logger.warning("member list: %s", exc)
         return None
     for m in members:
-        logger.info("member %s %s peer %s%s", m.hex_id, m.name or "(unstarted)", ",".join(m.peer_urls),
-                    " (learner)" if m.is_learner else "")
+        logger.info(
+            "member %s %s peer %s%s",
+            m.hex_id,
+            m.name or "(unstarted)",
+            ",".join(m.peer_urls),
+            " (learner)" if m.is_learner else "",
+        )
     return members
 
 
@@ -74,7 +79,13 @@ def node_facts(cluster: str) -> list[facts.NodeFacts]:
         if not f.reachable:
             logger.warning("step facts on %s (%s): unreachable: %s", f.name, f.ip, f.error)
             continue
-        logger.info("step facts on %s (%s): etcd %s %s, data dir %s, missing: %s", f.name, f.ip,
-                    f.etcd_version or "-", "active" if f.etcd_active else "inactive",
-                    "present" if f.data_dir_present else "absent", ", ".join(f.missing) or "nothing")
+        logger.info(
+            "step facts on %s (%s): etcd %s %s, data dir %s, missing: %s",
+            f.name,
+            f.ip,
+            f.etcd_version or "-",
+            "active" if f.etcd_active else "inactive",
+            "present" if f.data_dir_present else "absent",
+            ", ".join(f.missing) or "nothing",
+        )
     return found

@@ -47,18 +47,34 @@ def read_membership(cluster: str) -> Membership:
 
 
 @task(name="plan-member-replacement", task_run_name="plan-member-{failed}", cache_policy=NO_CACHE)
-def plan_member(cluster: str, facts: list[restore_facts.RestoreFacts], state: Membership, failed: str,
-                healthy: str | None, options: RestoreOptions) -> MemberPlan:
+def plan_member(
+    cluster: str,
+    facts: list[restore_facts.RestoreFacts],
+    state: Membership,
+    failed: str,
+    healthy: str | None,
+    options: RestoreOptions,
+) -> MemberPlan:
     """The ordered steps that replace the failed member (pure; refuses when a check fails)."""
-    plan = plan_member_replacement(EtcdCluster.load(cluster).spec(), facts, state.members, state.health, failed,
-                                   healthy, options)
-    get_run_logger().info("plan: %d steps, %s from healthy node %s, %s", len(plan.steps), plan.failed, plan.healthy,
-                          f"member remove {plan.remove_id}" if plan.remove_id else "no member to remove")
+    plan = plan_member_replacement(
+        EtcdCluster.load(cluster).spec(), facts, state.members, state.health, failed, healthy, options
+    )
+    get_run_logger().info(
+        "plan: %d steps, %s from healthy node %s, %s",
+        len(plan.steps),
+        plan.failed,
+        plan.healthy,
+        f"member remove {plan.remove_id}" if plan.remove_id else "no member to remove",
+    )
     return plan
 
 
-@task(name="execute-member-replacement", task_run_name="replace-member-{cluster}", cache_policy=NO_CACHE,
-      timeout_seconds=3600)
+@task(
+    name="execute-member-replacement",
+    task_run_name="replace-member-{cluster}",
+    cache_policy=NO_CACHE,
+    timeout_seconds=3600,
+)
 def execute_member(cluster: str, plan: MemberPlan, health_timeout: float = 180.0) -> ExecutionReport:
     """Run the plan; on failure undo every completed step in reverse order (`member remove` cannot be undone)."""
     block = EtcdCluster.load(cluster)

@@ -27,9 +27,17 @@ def gather_facts(cluster: str) -> list[restore_facts.RestoreFacts]:
         if not n.reachable:
             logger.warning("%s (%s): NOT reachable: %s", n.name, n.ip, n.error)
             continue
-        logger.info("%s (%s): etcd %s, %s, missing: %s, data dir %s, %s bytes free, kube active: %s", n.name, n.ip,
-                    n.etcd_version or "?", "running" if n.etcd_active else "stopped", ", ".join(f.missing) or "none",
-                    "present" if n.data_dir_present else "absent", n.free_bytes, ", ".join(f.kube_active) or "none")
+        logger.info(
+            "%s (%s): etcd %s, %s, missing: %s, data dir %s, %s bytes free, kube active: %s",
+            n.name,
+            n.ip,
+            n.etcd_version or "?",
+            "running" if n.etcd_active else "stopped",
+            ", ".join(f.missing) or "none",
+            "present" if n.data_dir_present else "absent",
+            n.free_bytes,
+            ", ".join(f.kube_active) or "none",
+        )
     return found
 
 
@@ -71,19 +79,28 @@ def fetch_backup(storage: str, backup: catalog.Backup, identity: str | None, des
 
 
 @task(name="plan-restore", task_run_name="plan-restore-{cluster}", cache_policy=NO_CACHE)
-def plan_restore(cluster: str, facts: list[restore_facts.RestoreFacts], snapshot: SnapshotInfo,
-                 retained: str | None, token: str, options: RestoreOptions) -> RestorePlan:
+def plan_restore(
+    cluster: str,
+    facts: list[restore_facts.RestoreFacts],
+    snapshot: SnapshotInfo,
+    retained: str | None,
+    token: str,
+    options: RestoreOptions,
+) -> RestorePlan:
     """The ordered per-node steps of the whole-cluster restore (pure; refuses when a check fails)."""
     plan = plan_cluster_restore(EtcdCluster.load(cluster).spec(), facts, snapshot, retained, token, options)
-    get_run_logger().info("plan: %d steps on %s, retained node %s", len(plan.steps), ", ".join(plan.nodes),
-                          plan.retained)
+    get_run_logger().info(
+        "plan: %d steps on %s, retained node %s", len(plan.steps), ", ".join(plan.nodes), plan.retained
+    )
     return plan
 
 
-@task(name="execute-restore", task_run_name="execute-restore-{cluster}", cache_policy=NO_CACHE,
-      timeout_seconds=6 * 3600)
-def execute_plan(cluster: str, plan: RestorePlan, snapshot_path: str | None, health_timeout: float = 180.0
-                 ) -> ExecutionReport:
+@task(
+    name="execute-restore", task_run_name="execute-restore-{cluster}", cache_policy=NO_CACHE, timeout_seconds=6 * 3600
+)
+def execute_plan(
+    cluster: str, plan: RestorePlan, snapshot_path: str | None, health_timeout: float = 180.0
+) -> ExecutionReport:
     """Run the plan on the nodes (parallel per phase); on failure undo every completed step in reverse order."""
     block = EtcdCluster.load(cluster)
     spec, access = block.spec(), block.access(timeout=5)

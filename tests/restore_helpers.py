@@ -9,8 +9,13 @@ import threading
 import time
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterState,
-                                            FlowRunFilterStateType)
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import StateType
 
 from blocks import EtcdCluster
@@ -31,8 +36,11 @@ def assert_control_plane(node) -> None:
 def snapshot_of(node) -> dict:
     """Everything a restore could change on a node: file contents (inodes for a running member's db/WAL)."""
     running = node.ssh("systemctl is-active etcd", check=False).stdout.strip() == "active"
-    state = {"running": running, "systemctl": node.systemctl_log(),
-             "var/lib": sorted(os.listdir(node.path("/var/lib")))}
+    state = {
+        "running": running,
+        "systemctl": node.systemctl_log(),
+        "var/lib": sorted(os.listdir(node.path("/var/lib"))),
+    }
     for path in sorted(p for p in node.root.rglob("*") if p.is_file() and ".state" not in p.parts):
         rel = str(path.relative_to(node.root))
         live = running and re.search(r"default\.etcd/member/(wal|snap)/", rel)
@@ -45,8 +53,9 @@ def snapshot_of(node) -> dict:
 def artifacts(state) -> dict[str, str]:
     """The markdown artifacts of the flow run, by key."""
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
     return {a.key: a.data for a in found}
 
 
@@ -57,8 +66,11 @@ def fleet_state(fleet) -> dict:
 def paused_run(cluster: str):
     with get_client(sync_client=True) as client:
         for _ in range(600):
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
             found = [r for r in runs if r.parameters.get("cluster") == cluster]
             if found:
                 return found[0]

@@ -34,8 +34,13 @@ def cluster_block(prefect_api, etcd_cluster):
     client.put("/registry/flow-test", b"value \x00\xff")
     client.close()
     name = _name("cluster")
-    EtcdCluster(cluster_id=CLUSTER_ID, endpoints=etcd_cluster.endpoints, ca_pem=etcd_cluster.ca.read_text(),
-                cert_pem=etcd_cluster.cert.read_text(), key_pem=etcd_cluster.key.read_text()).save(name)
+    EtcdCluster(
+        cluster_id=CLUSTER_ID,
+        endpoints=etcd_cluster.endpoints,
+        ca_pem=etcd_cluster.ca.read_text(),
+        cert_pem=etcd_cluster.cert.read_text(),
+        key_pem=etcd_cluster.key.read_text(),
+    ).save(name)
     return name, etcd_cluster
 
 
@@ -55,15 +60,37 @@ def _storage_ref(kind: str, request, tmp_path) -> str:
         return _save(LocalStorage(directory=str(tmp_path / "backups")))
     weed = request.getfixturevalue("seaweedfs")
     if kind == "s3":
-        return _save(S3Storage(endpoint_url=weed.endpoint, region="us-east-1", bucket=weed.make_bucket(),
-                               access_key_id=weed.access_key, secret_access_key=weed.secret_key))
+        return _save(
+            S3Storage(
+                endpoint_url=weed.endpoint,
+                region="us-east-1",
+                bucket=weed.make_bucket(),
+                access_key_id=weed.access_key,
+                secret_access_key=weed.secret_key,
+            )
+        )
     if kind == "ufile":
         proxy = request.getfixturevalue("ufile_proxy")
-        return _save(UFileStorage(public_key=weed.access_key, private_key=weed.secret_key, region="cn-bj",
-                                  bucket=weed.make_bucket(), endpoint_url=proxy.endpoint))
+        return _save(
+            UFileStorage(
+                public_key=weed.access_key,
+                private_key=weed.secret_key,
+                region="cn-bj",
+                bucket=weed.make_bucket(),
+                endpoint_url=proxy.endpoint,
+            )
+        )
     sshd = request.getfixturevalue("backup_sshd")
-    return _save(SSHServerStorage(host=sshd.host, port=sshd.port, user=sshd.user, private_key=sshd.private_key,
-                                  directory=f"{sshd.directory}/{secrets.token_hex(4)}", known_hosts=sshd.known_hosts()))
+    return _save(
+        SSHServerStorage(
+            host=sshd.host,
+            port=sshd.port,
+            user=sshd.user,
+            private_key=sshd.private_key,
+            directory=f"{sshd.directory}/{secrets.token_hex(4)}",
+            known_hosts=sshd.known_hosts(),
+        )
+    )
 
 
 def _sha256(storage, key: str) -> str:
@@ -85,8 +112,11 @@ def test_backup_flow_stores_a_verified_backup(kind, cluster_block, request, tmp_
     assert store.stat(record["key"]).size == record["size"]
     assert _sha256(store, record["key"]) == record["sha256"]
     manifest = catalog.read_manifest(store, record["key"])
-    assert (manifest.sha256, manifest.revision, manifest.key_count) == \
-        (record["sha256"], record["revision"], record["key_count"])
+    assert (manifest.sha256, manifest.revision, manifest.key_count) == (
+        record["sha256"],
+        record["revision"],
+        record["key_count"],
+    )
     assert record["key_count"] >= 301
     raw = tmp_path / "restored.db"
     pipeline.fetch_snapshot(store, record["key"], raw)
@@ -182,13 +212,23 @@ def test_failure_notifies_without_secrets(prefect_api, etcd_cluster, local_ref):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    notify = _save(CustomWebhookNotificationBlock(
-        name="test", url=f"http://127.0.0.1:{server.server_address[1]}/hook", allow_private_urls=True,
-        json_data={"text": "{{body}}"}))
+    notify = _save(
+        CustomWebhookNotificationBlock(
+            name="test",
+            url=f"http://127.0.0.1:{server.server_address[1]}/hook",
+            allow_private_urls=True,
+            json_data={"text": "{{body}}"},
+        )
+    )
     cluster = _name("down")
     key_pem = etcd_cluster.key.read_text()
-    EtcdCluster(cluster_id=CLUSTER_ID, endpoints=["https://127.0.0.1:1"], ca_pem=etcd_cluster.ca.read_text(),
-                cert_pem=etcd_cluster.cert.read_text(), key_pem=key_pem).save(cluster)
+    EtcdCluster(
+        cluster_id=CLUSTER_ID,
+        endpoints=["https://127.0.0.1:1"],
+        ca_pem=etcd_cluster.ca.read_text(),
+        cert_pem=etcd_cluster.cert.read_text(),
+        key_pem=key_pem,
+    ).save(cluster)
     with pytest.raises(Exception):
         backup_etcd(cluster=cluster, storage=local_ref, notify=notify)
     server.shutdown()

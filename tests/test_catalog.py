@@ -1,7 +1,7 @@
 """Backup names (the runbook's), manifests and listing a cluster's backups from a real directory."""
 
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -12,7 +12,7 @@ from etcd_backup.storage.local import LocalStorage
 pytestmark = pytest.mark.backup
 
 RUNBOOK_NAME = "uk8s-f1wymalx-backup-etcd-3.3.17-2020-02-11T03-56-12.db.tar.gz"
-WHEN = datetime(2020, 2, 11, 3, 56, 12, tzinfo=timezone.utc)
+WHEN = datetime(2020, 2, 11, 3, 56, 12, tzinfo=UTC)
 
 
 def test_the_runbooks_own_backup_name_parses():
@@ -28,8 +28,9 @@ def test_format_key_makes_the_runbooks_name():
     assert format_key("uk8s-f1wymalx", "3.3.17", WHEN, "tar.gz") == RUNBOOK_NAME
 
 
-@pytest.mark.parametrize("compression, ext", [("tar.gz", ".db.tar.gz"), ("zstd", ".db.zst"), ("gzip", ".db.gz"),
-                                              ("none", ".db")])
+@pytest.mark.parametrize(
+    "compression, ext", [("tar.gz", ".db.tar.gz"), ("zstd", ".db.zst"), ("gzip", ".db.gz"), ("none", ".db")]
+)
 @pytest.mark.parametrize("encrypted", [False, True])
 @pytest.mark.parametrize("prefix", ["", "etcd/prod", "/etcd/"])
 def test_names_round_trip(compression, ext, encrypted, prefix):
@@ -46,9 +47,16 @@ def test_local_times_are_named_in_utc():
     assert parse_key(key).time == WHEN
 
 
-@pytest.mark.parametrize("name", ["notes.txt", "uk8s-x-backup-etcd-3.5.1.db", "x-backup-etcd-3.5.1-2020-13-01T00-00-00.db",
-                                  "c-backup-etcd-3.5.1-2020-02-11T03-56-12.db.tar.gz.tmp",
-                                  "c-backup-etcd-3.5.1-2020-02-11T03-56-12.db.tar.gz.manifest.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "notes.txt",
+        "uk8s-x-backup-etcd-3.5.1.db",
+        "x-backup-etcd-3.5.1-2020-13-01T00-00-00.db",
+        "c-backup-etcd-3.5.1-2020-02-11T03-56-12.db.tar.gz.tmp",
+        "c-backup-etcd-3.5.1-2020-02-11T03-56-12.db.tar.gz.manifest.json",
+    ],
+)
 def test_foreign_names_do_not_parse(name):
     assert parse_key(name) is None
 
@@ -61,9 +69,22 @@ def test_bad_inputs_are_config_errors():
 
 
 def _manifest(key, size, cluster="uk8s-f1wymalx"):
-    return Manifest(cluster=cluster, key=key, size=size, sha256="0" * 64, raw_size=size, raw_sha256="0" * 64,
-                    revision=5, revision_exact=True, key_count=3, etcd_version="3.5.1", source_member="etcd1",
-                    source_endpoint="https://127.0.0.1:2379", created=WHEN, compression="zstd")
+    return Manifest(
+        cluster=cluster,
+        key=key,
+        size=size,
+        sha256="0" * 64,
+        raw_size=size,
+        raw_sha256="0" * 64,
+        revision=5,
+        revision_exact=True,
+        key_count=3,
+        etcd_version="3.5.1",
+        source_member="etcd1",
+        source_endpoint="https://127.0.0.1:2379",
+        created=WHEN,
+        compression="zstd",
+    )
 
 
 def test_list_backups_reports_complete_incomplete_legacy_and_skips_foreign(tmp_path):

@@ -23,19 +23,26 @@ storage = "ufile-storage/prod"
 """
 
 
-@pytest.mark.parametrize("cron, message", [
-    ("0 0 * *", "has 4 fields"),
-    ("61 0 * * *", "is not valid"),
-    ("0 0 * * * *", "has 6 fields"),
-    ("every day", "has 2 fields"),
-])
+@pytest.mark.parametrize(
+    "cron, message",
+    [
+        ("0 0 * *", "has 4 fields"),
+        ("61 0 * * *", "is not valid"),
+        ("0 0 * * * *", "has 6 fields"),
+        ("every day", "has 2 fields"),
+    ],
+)
 def test_invalid_cron_is_refused_with_a_clear_message(tmp_path, cron, message):
     path = tmp_path / "backups.toml"
     path.write_text(GOOD + f'cron = "{cron}"\n')
     with pytest.raises(ConfigError, match=message):
         load_schedules(path)
-    run = subprocess.run([sys.executable, "-m", "deployments", "serve", "--config", str(path)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "deployments", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert "error: " in run.stderr and cron in run.stderr and "Traceback" not in run.stderr
 
@@ -45,16 +52,25 @@ def test_schedule_defaults_follow_the_runbook(tmp_path):
     path.write_text(GOOD)
     [schedule] = load_schedules(path)
     assert (schedule.cron, schedule.timezone, schedule.keep, schedule.compression) == ("0 0 * * *", "UTC", 7, "zstd")
-    assert schedule.parameters() == {"cluster": "prod", "storage": "ufile-storage/prod", "keep": 7,
-                                     "compression": "zstd", "encrypt_to": [], "notify": None}
+    assert schedule.parameters() == {
+        "cluster": "prod",
+        "storage": "ufile-storage/prod",
+        "keep": 7,
+        "compression": "zstd",
+        "encrypt_to": [],
+        "notify": None,
+    }
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("timezone", "Mars/Olympus", "unknown timezone"),
-    ("storage", "prod", "block-type-slug"),
-    ("compression", "xz", "not one of"),
-    ("keep", 0, "greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("timezone", "Mars/Olympus", "unknown timezone"),
+        ("storage", "prod", "block-type-slug"),
+        ("compression", "xz", "not one of"),
+        ("keep", 0, "greater than or equal to 1"),
+    ],
+)
 def test_bad_schedule_entries_name_the_problem(field, value, message):
     with pytest.raises(Exception, match=message):
         BackupSchedule(**{"cluster": "prod", "storage": "ufile-storage/prod", field: value})
@@ -79,9 +95,14 @@ def prefect_server(tmp_path):
 
 
 def _completed_runs(api: str, deployment: str) -> list[dict]:
-    found = httpx.post(f"{api}/flow_runs/filter", json={
-        "deployments": {"name": {"any_": [deployment]}},
-        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}, timeout=10)
+    found = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={
+            "deployments": {"name": {"any_": [deployment]}},
+            "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        },
+        timeout=10,
+    )
     found.raise_for_status()
     return found.json()
 
@@ -93,16 +114,26 @@ def test_served_deployment_fires_on_schedule(prefect_server, etcd_cluster, tmp_p
     from blocks import EtcdCluster, LocalStorage
 
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
-        EtcdCluster(cluster_id="uk8s-sched", endpoints=etcd_cluster.endpoints, ca_pem=etcd_cluster.ca.read_text(),
-                    cert_pem=etcd_cluster.cert.read_text(), key_pem=etcd_cluster.key.read_text()).save("sched")
+        EtcdCluster(
+            cluster_id="uk8s-sched",
+            endpoints=etcd_cluster.endpoints,
+            ca_pem=etcd_cluster.ca.read_text(),
+            cert_pem=etcd_cluster.cert.read_text(),
+            key_pem=etcd_cluster.key.read_text(),
+        ).save("sched")
         LocalStorage(directory=str(tmp_path / "backups")).save("sched")
     config = tmp_path / "backups.toml"
-    config.write_text('[[backup]]\ncluster = "sched"\nstorage = "local-directory-storage/sched"\n'
-                      'cron = "* * * * *"\nkeep = 2\n')
+    config.write_text(
+        '[[backup]]\ncluster = "sched"\nstorage = "local-directory-storage/sched"\ncron = "* * * * *"\nkeep = 2\n'
+    )
     log = open(tmp_path / "serve.log", "wb")
-    serve = subprocess.Popen([sys.executable, "-m", "deployments", "serve", "--config", str(config)],
-                             env={**prefect_server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "5"},
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "deployments", "serve", "--config", str(config)],
+        env={**prefect_server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "5"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         runs = []
@@ -141,8 +172,12 @@ def test_served_deployments_are_named_after_the_cluster():
 
     deployments = all_deployments([BackupSchedule(cluster="prod", storage="ufile-storage/prod")])
     names = {(d.flow_name, d.name) for d in deployments}
-    assert {("etcd-backup", "prod"), ("etcd-diagnose", "prod"), ("etcd-restore-cluster", "prod"),
-            ("etcd-restore-member", "prod")} <= names
+    assert {
+        ("etcd-backup", "prod"),
+        ("etcd-diagnose", "prod"),
+        ("etcd-restore-cluster", "prod"),
+        ("etcd-restore-member", "prod"),
+    } <= names
     [backup] = [d for d in deployments if d.flow_name == "etcd-backup"]
     assert backup.concurrency_limit == 1 and backup.concurrency_options.collision_strategy == "ENQUEUE"
     assert backup.schedules[0].schedule.cron == "0 0 * * *"

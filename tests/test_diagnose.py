@@ -10,10 +10,16 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from blocks import EtcdCluster
-
 from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
-from etcd_backup.diagnose import (HEALTHY, MANUAL, MEMBER_FAILED, NODE_DELETED, QUORUM_LOST_DELETED,
-                                  QUORUM_LOST_FAILED, diagnose)
+from etcd_backup.diagnose import (
+    HEALTHY,
+    MANUAL,
+    MEMBER_FAILED,
+    NODE_DELETED,
+    QUORUM_LOST_DELETED,
+    QUORUM_LOST_FAILED,
+    diagnose,
+)
 from etcd_backup.etcd import MemberInfo
 from etcd_backup.facts import FILE_KEYS, NodeFacts
 from flows.diagnose import diagnose_cluster, run_command
@@ -22,9 +28,14 @@ NAMES = ("etcd1", "etcd2", "etcd3", "etcd4", "etcd5")
 
 
 def spec_of(size: int = 3) -> ClusterSpec:
-    return ClusterSpec(cluster_id="uk8s-test", ca_pem="ca", cert_pem="cert", key_pem="key",
-                       nodes=[MasterNode(name=NAMES[i], ip=f"10.0.0.{i + 1}") for i in range(size)],
-                       ssh=SSHAccess(private_key="k"))
+    return ClusterSpec(
+        cluster_id="uk8s-test",
+        ca_pem="ca",
+        cert_pem="cert",
+        key_pem="key",
+        nodes=[MasterNode(name=NAMES[i], ip=f"10.0.0.{i + 1}") for i in range(size)],
+        ssh=SSHAccess(private_key="k"),
+    )
 
 
 def ip(name: str) -> str:
@@ -32,20 +43,36 @@ def ip(name: str) -> str:
 
 
 def healthy(name: str, **kw) -> NodeFacts:
-    return NodeFacts(name=name, ip=ip(name), reachable=True, files=dict.fromkeys(FILE_KEYS, True),
-                     etcd_version="3.5.1", etcd_active=True, data_dir_present=True, free_bytes=10 << 30, **kw)
+    return NodeFacts(
+        name=name,
+        ip=ip(name),
+        reachable=True,
+        files=dict.fromkeys(FILE_KEYS, True),
+        etcd_version="3.5.1",
+        etcd_active=True,
+        data_dir_present=True,
+        free_bytes=10 << 30,
+        **kw,
+    )
 
 
 def failed(name: str) -> NodeFacts:
     """etcd crashed and its data is damaged; the files are still there."""
-    return NodeFacts(name=name, ip=ip(name), reachable=True, files=dict.fromkeys(FILE_KEYS, True),
-                     etcd_version="3.5.1", etcd_active=False, data_dir_present=True, free_bytes=10 << 30)
+    return NodeFacts(
+        name=name,
+        ip=ip(name),
+        reachable=True,
+        files=dict.fromkeys(FILE_KEYS, True),
+        etcd_version="3.5.1",
+        etcd_active=False,
+        data_dir_present=True,
+        free_bytes=10 << 30,
+    )
 
 
 def bare(name: str) -> NodeFacts:
     """A recreated machine with the same IP and nothing on it."""
-    return NodeFacts(name=name, ip=ip(name), reachable=True, files=dict.fromkeys(FILE_KEYS, False),
-                     free_bytes=10 << 30)
+    return NodeFacts(name=name, ip=ip(name), reachable=True, files=dict.fromkeys(FILE_KEYS, False), free_bytes=10 << 30)
 
 
 def unreachable(name: str, error: str = "cannot reach root@x:22: NoValidConnectionsError") -> NodeFacts:
@@ -57,8 +84,16 @@ def health(*ok: str, size: int = 3) -> dict[str, str]:
 
 
 def members(*names: str) -> list[MemberInfo]:
-    return [MemberInfo(id=0x1000 + i, name=n, peer_urls=(f"https://{ip(n)}:2380",),
-                       client_urls=(f"https://{ip(n)}:2379",), is_learner=False) for i, n in enumerate(names)]
+    return [
+        MemberInfo(
+            id=0x1000 + i,
+            name=n,
+            peer_urls=(f"https://{ip(n)}:2380",),
+            client_urls=(f"https://{ip(n)}:2379",),
+            is_learner=False,
+        )
+        for i, n in enumerate(names)
+    ]
 
 
 ALL = ("etcd1", "etcd2", "etcd3")
@@ -72,8 +107,9 @@ def test_healthy_cluster_needs_nothing():
 
 
 def test_3_1_1_one_failed_member_keeps_quorum():
-    d = diagnose(spec_of(), [healthy("etcd1"), failed("etcd2"), healthy("etcd3")], health("etcd1", "etcd3"),
-                 members(*ALL))
+    d = diagnose(
+        spec_of(), [healthy("etcd1"), failed("etcd2"), healthy("etcd3")], health("etcd1", "etcd3"), members(*ALL)
+    )
     assert d.case == MEMBER_FAILED and d.quorum
     assert d.flow == "etcd-restore-member" and d.parameters == {"failed_node": "etcd2", "healthy_node": "etcd1"}
     assert d.actions[0].ready and [n.state for n in d.nodes] == ["healthy", "failed", "healthy"]
@@ -81,15 +117,17 @@ def test_3_1_1_one_failed_member_keeps_quorum():
 
 
 def test_3_2_1_deleted_node_recreated_bare():
-    d = diagnose(spec_of(), [healthy("etcd1"), healthy("etcd2"), bare("etcd3")], health("etcd1", "etcd2"),
-                 members(*ALL))
+    d = diagnose(
+        spec_of(), [healthy("etcd1"), healthy("etcd2"), bare("etcd3")], health("etcd1", "etcd2"), members(*ALL)
+    )
     assert d.case == NODE_DELETED and d.parameters == {"failed_node": "etcd3", "healthy_node": "etcd1"}
     assert d.nodes[2].state == "bare" and "missing: etcd_bin" in d.nodes[2].notes[0]
 
 
 def test_3_2_1_deleted_node_not_yet_recreated_is_blocked():
-    d = diagnose(spec_of(), [healthy("etcd1"), unreachable("etcd2"), healthy("etcd3")], health("etcd1", "etcd3"),
-                 members(*ALL))
+    d = diagnose(
+        spec_of(), [healthy("etcd1"), unreachable("etcd2"), healthy("etcd3")], health("etcd1", "etcd3"), members(*ALL)
+    )
     assert d.case == NODE_DELETED and d.parameters["failed_node"] == "etcd2"
     assert not d.actions[0].ready and "recreate the machine with the same IP" in d.actions[0].note
     assert d.nodes[1].state == "unreachable" and "SSH failed" in d.nodes[1].notes[0]
@@ -102,8 +140,9 @@ def test_unknown_host_key_says_to_update_known_hosts():
 
 
 def test_healthy_source_skips_nodes_without_ssh_or_files():
-    d = diagnose(spec_of(), [unreachable("etcd1"), bare("etcd2"), healthy("etcd3")], health("etcd1", "etcd3"),
-                 members(*ALL))
+    d = diagnose(
+        spec_of(), [unreachable("etcd1"), bare("etcd2"), healthy("etcd3")], health("etcd1", "etcd3"), members(*ALL)
+    )
     assert d.case == NODE_DELETED and d.parameters == {"failed_node": "etcd2", "healthy_node": "etcd3"}
 
 
@@ -162,13 +201,17 @@ def test_no_reachable_node_with_files_cannot_be_recovered_automatically():
 
 
 def test_quorum_kept_but_no_healthy_node_reachable_is_manual():
-    d = diagnose(spec_of(), [unreachable("etcd1"), failed("etcd2"), unreachable("etcd3")],
-                 health("etcd1", "etcd3"), members(*ALL))
+    d = diagnose(
+        spec_of(),
+        [unreachable("etcd1"), failed("etcd2"), unreachable("etcd3")],
+        health("etcd1", "etcd3"),
+        members(*ALL),
+    )
     assert d.case == MANUAL and d.quorum
 
 
 def test_members_and_spec_nodes_that_do_not_match_are_reported():
-    extra = MemberInfo(id=0xabc, name="etcd9", peer_urls=("https://10.9.9.9:2380",), client_urls=(), is_learner=False)
+    extra = MemberInfo(id=0xABC, name="etcd9", peer_urls=("https://10.9.9.9:2380",), client_urls=(), is_learner=False)
     d = diagnose(spec_of(), [healthy(n) for n in ALL], health(*ALL), members("etcd1", "etcd2") + [extra])
     assert d.case == HEALTHY
     assert d.nodes[2].is_member is False and "not in the etcd member list" in d.nodes[2].notes
@@ -177,25 +220,33 @@ def test_members_and_spec_nodes_that_do_not_match_are_reported():
 
 def test_an_unstarted_member_is_matched_by_peer_url():
     unstarted = MemberInfo(id=0x77, name="", peer_urls=("https://10.0.0.3:2380",), client_urls=(), is_learner=False)
-    d = diagnose(spec_of(), [healthy("etcd1"), healthy("etcd2"), bare("etcd3")], health("etcd1", "etcd2"),
-                 members("etcd1", "etcd2") + [unstarted])
+    d = diagnose(
+        spec_of(),
+        [healthy("etcd1"), healthy("etcd2"), bare("etcd3")],
+        health("etcd1", "etcd2"),
+        members("etcd1", "etcd2") + [unstarted],
+    )
     assert d.nodes[2].is_member and d.findings == () and d.case == NODE_DELETED
 
 
 def test_to_dict_is_plain_data():
-    d = diagnose(spec_of(), [healthy("etcd1"), failed("etcd2"), healthy("etcd3")], health("etcd1", "etcd3"),
-                 members(*ALL))
+    d = diagnose(
+        spec_of(), [healthy("etcd1"), failed("etcd2"), healthy("etcd3")], health("etcd1", "etcd3"), members(*ALL)
+    )
     data = d.to_dict()
     assert data["case"] == "3.1.1" and data["flow"] == "etcd-restore-member"
     assert data["nodes"][1]["state"] == "failed" and data["actions"][0]["parameters"]["failed_node"] == "etcd2"
 
 
 def test_run_command_line():
-    assert run_command("etcd-restore-member", "prod", {"failed_node": "etcd2", "healthy_node": "etcd1"}) == \
-        "prefect deployment run etcd-restore-member/prod -p failed_node=etcd2 -p healthy_node=etcd1"
+    assert (
+        run_command("etcd-restore-member", "prod", {"failed_node": "etcd2", "healthy_node": "etcd1"})
+        == "prefect deployment run etcd-restore-member/prod -p failed_node=etcd2 -p healthy_node=etcd1"
+    )
 
 
 # -- the flow against the real fleet ---------------------------------------------------------------------------------
+
 
 def on_fleet(test):
     """Mark a test that runs the flow against the real fleet."""
@@ -215,10 +266,17 @@ def cluster_block(prefect_api, fleet):
     name = f"diag-{secrets.token_hex(4)}"
 
     def save() -> str:
-        EtcdCluster(cluster_id="uk8s-diag", endpoints=fleet.endpoints, ca_pem=fleet.pki.ca.read_text(),
-                    cert_pem=fleet.pki.cert.read_text(), key_pem=fleet.pki.key.read_text(),
-                    nodes=[MasterNode(name=n.name, ip=n.ip) for n in fleet.nodes], ssh_user="root",
-                    ssh_private_key=fleet.ssh_private_key, known_hosts=fleet.known_hosts).save(name, overwrite=True)
+        EtcdCluster(
+            cluster_id="uk8s-diag",
+            endpoints=fleet.endpoints,
+            ca_pem=fleet.pki.ca.read_text(),
+            cert_pem=fleet.pki.cert.read_text(),
+            key_pem=fleet.pki.key.read_text(),
+            nodes=[MasterNode(name=n.name, ip=n.ip) for n in fleet.nodes],
+            ssh_user="root",
+            ssh_private_key=fleet.ssh_private_key,
+            known_hosts=fleet.known_hosts,
+        ).save(name, overwrite=True)
         return name
 
     save()
@@ -231,7 +289,8 @@ def artifact_text(cluster_id: str) -> str:
     async def latest() -> str:
         async with get_client() as client:
             found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"diagnosis-{cluster_id}"])))
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"diagnosis-{cluster_id}"]))
+            )
             return sorted(found, key=lambda a: a.created)[-1].data
 
     return asyncio.run(latest())

@@ -8,14 +8,22 @@ from etcd_backup.facts import FILE_KEYS, NodeFacts, gather, parse, script
 VERSIONS = pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
 
 
-
 def test_parse_reads_the_scripts_output():
-    out = "etcd_bin=1\netcdctl_bin=1\netcdutl_bin=0\netcd_conf=1\nkubernetes_dir=1\ncerts=1\nunit=1\n" \
-          "data_dir=1\nversion=3.4.23\nactive=active\nfree=123456\n"
+    out = (
+        "etcd_bin=1\netcdctl_bin=1\netcdutl_bin=0\netcd_conf=1\nkubernetes_dir=1\ncerts=1\nunit=1\n"
+        "data_dir=1\nversion=3.4.23\nactive=active\nfree=123456\n"
+    )
     facts = parse(MasterNode(name="etcd1", ip="10.0.0.1"), out)
-    assert facts == NodeFacts(name="etcd1", ip="10.0.0.1", reachable=True, files={**dict.fromkeys(FILE_KEYS, True),
-                              "etcdutl_bin": False}, etcd_version="3.4.23", etcd_active=True, data_dir_present=True,
-                              free_bytes=123456)
+    assert facts == NodeFacts(
+        name="etcd1",
+        ip="10.0.0.1",
+        reachable=True,
+        files={**dict.fromkeys(FILE_KEYS, True), "etcdutl_bin": False},
+        etcd_version="3.4.23",
+        etcd_active=True,
+        data_dir_present=True,
+        free_bytes=123456,
+    )
     assert facts.missing == ["etcdutl_bin"]
 
 
@@ -28,8 +36,9 @@ def test_parse_of_a_bare_node_and_an_unreachable_one():
 
 
 def test_script_quotes_the_layout_paths():
-    assert "test -s /etc/etcd/etcd.conf" in script(ClusterSpec(cluster_id="c", ca_pem="", cert_pem="", key_pem="",
-                                                               endpoints=["https://a:2379"]).layout)
+    assert "test -s /etc/etcd/etcd.conf" in script(
+        ClusterSpec(cluster_id="c", ca_pem="", cert_pem="", key_pem="", endpoints=["https://a:2379"]).layout
+    )
 
 
 @pytest.mark.fleet

@@ -23,8 +23,9 @@ def shared_fleet(module_fleet):
 
 
 def _access(fleet, known_hosts: str | None = None) -> SSHAccess:
-    return SSHAccess(private_key=fleet.ssh_private_key,
-                     known_hosts=fleet.known_hosts if known_hosts is None else known_hosts)
+    return SSHAccess(
+        private_key=fleet.ssh_private_key, known_hosts=fleet.known_hosts if known_hosts is None else known_hosts
+    )
 
 
 def _assert_spec_is_the_fleet(spec, fleet):
@@ -46,10 +47,25 @@ def test_first_run_cli_saves_a_block_that_loads_back(shared_fleet, prefect_api, 
     key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
     key.write_text(shared_fleet.ssh_private_key)
     known.write_text(shared_fleet.known_hosts)
-    argv = [sys.executable, "-m", "blocks.first_run", "--host", shared_fleet.nodes[0].ip, "--ssh-key", str(key),
-            "--known-hosts", str(known), "--cluster-id", "uk8s-fleet", "--name", "fleet-prod", "--overwrite"]
-    done = subprocess.run(argv, env=dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value()),
-                          capture_output=True, text=True, timeout=300)
+    argv = [
+        sys.executable,
+        "-m",
+        "blocks.first_run",
+        "--host",
+        shared_fleet.nodes[0].ip,
+        "--ssh-key",
+        str(key),
+        "--known-hosts",
+        str(known),
+        "--cluster-id",
+        "uk8s-fleet",
+        "--name",
+        "fleet-prod",
+        "--overwrite",
+    ]
+    done = subprocess.run(
+        argv, env=dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value()), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "saved etcd-cluster/fleet-prod: uk8s-fleet, 3 masters: etcd1" in done.stdout
     assert "PRIVATE KEY" not in done.stdout + done.stderr
@@ -63,10 +79,24 @@ def test_cli_refuses_an_unknown_host_key(shared_fleet, prefect_api, tmp_path):
     key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
     key.write_text(shared_fleet.ssh_private_key)
     known.write_text("")
-    argv = [sys.executable, "-m", "blocks.first_run", "--host", shared_fleet.nodes[0].ip, "--ssh-key", str(key),
-            "--known-hosts", str(known), "--cluster-id", "uk8s-fleet", "--name", "never-saved"]
-    done = subprocess.run(argv, env=dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value()),
-                          capture_output=True, text=True, timeout=300)
+    argv = [
+        sys.executable,
+        "-m",
+        "blocks.first_run",
+        "--host",
+        shared_fleet.nodes[0].ip,
+        "--ssh-key",
+        str(key),
+        "--known-hosts",
+        str(known),
+        "--cluster-id",
+        "uk8s-fleet",
+        "--name",
+        "never-saved",
+    ]
+    done = subprocess.run(
+        argv, env=dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value()), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2
     assert "is not in known_hosts" in done.stderr and "Traceback" not in done.stderr
 
@@ -74,8 +104,13 @@ def test_cli_refuses_an_unknown_host_key(shared_fleet, prefect_api, tmp_path):
 def test_first_run_needs_every_masters_host_key(shared_fleet, prefect_api):
     only_first = shared_fleet.known_hosts.splitlines()[0] + "\n"
     with pytest.raises(NodeError, match=r"some masters are not usable: etcd2 \(.*\): host key .* not in known_hosts"):
-        first_run(shared_fleet.nodes[0].ip, cluster_id="c", name="partial", known_hosts=only_first,
-                  private_key=shared_fleet.ssh_private_key)
+        first_run(
+            shared_fleet.nodes[0].ip,
+            cluster_id="c",
+            name="partial",
+            known_hosts=only_first,
+            private_key=shared_fleet.ssh_private_key,
+        )
 
 
 def test_discover_reports_auth_failure_and_missing_files(shared_fleet, tmp_path):
@@ -84,7 +119,9 @@ def test_discover_reports_auth_failure_and_missing_files(shared_fleet, tmp_path)
     with pytest.raises(NodeError, match="authentication failed for root@"):
         discover(shared_fleet.nodes[0].ip, access=stranger, cluster_id="c")
     moved = NodeLayout(cert="/etc/kubernetes/ssl/missing-etcd.pem")
-    with pytest.raises(NodeError, match=r"\[discover on .*\] etcd client certificate /etc/kubernetes/ssl/missing-etcd.pem is missing"):
+    with pytest.raises(
+        NodeError, match=r"\[discover on .*\] etcd client certificate /etc/kubernetes/ssl/missing-etcd.pem is missing"
+    ):
         discover(shared_fleet.nodes[0].ip, access=_access(shared_fleet), cluster_id="c", layout=moved)
 
 
@@ -96,5 +133,7 @@ def test_discover_falls_back_to_etcd_conf_when_etcd_is_down(fleet):
 
 def test_parse_env_file():
     text = '#[Member]\nETCD_NAME=etcd1\nETCD_INITIAL_CLUSTER="etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380"\n\n# x=y\n'
-    assert parse_env_file(text) == {"ETCD_NAME": "etcd1",
-                                    "ETCD_INITIAL_CLUSTER": "etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380"}
+    assert parse_env_file(text) == {
+        "ETCD_NAME": "etcd1",
+        "ETCD_INITIAL_CLUSTER": "etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380",
+    }

@@ -82,8 +82,10 @@ def test_fleet_members_are_healthy_over_tls(fleet, etcd_version):
 @pytest.mark.root
 def test_each_node_sees_only_its_own_files(fleet):
     for node in fleet.nodes:
-        seen = node.ssh("cat /etc/etcd/etcd.conf /etc/kubernetes/apiserver; /usr/bin/etcd --version; "
-                        "test -x /usr/bin/etcdutl && ls /var/lib/etcd/default.etcd /etc/sysconfig/network-scripts").stdout
+        seen = node.ssh(
+            "cat /etc/etcd/etcd.conf /etc/kubernetes/apiserver; /usr/bin/etcd --version; "
+            "test -x /usr/bin/etcdutl && ls /var/lib/etcd/default.etcd /etc/sysconfig/network-scripts"
+        ).stdout
         assert f"ETCD_NAME={node.name}\n" in seen
         assert f'ETCD_LISTEN_CLIENT_URLS="https://{node.ip}:2379"' in seen
         assert f"--advertise-address={node.ip} \\\n" in seen
@@ -109,11 +111,19 @@ def test_systemctl_stand_in_stops_and_starts_etcd(fleet):
     fleet.wait_healthy()
     with fleet.client() as client:
         assert client.get("/registry/kept")[0] == b"yes"
-    node.ssh("systemctl enable --now kube-apiserver kube-controller-manager kube-scheduler && systemctl restart network")
+    node.ssh(
+        "systemctl enable --now kube-apiserver kube-controller-manager kube-scheduler && systemctl restart network"
+    )
     assert node.ssh("systemctl is-active kube-apiserver kube-scheduler").stdout == "active\nactive\n"
     verbs = [line.split(" ", 1)[1] for line in node.systemctl_log()]
-    assert verbs[-6:] == ["stop etcd", "start etcd", "enable --now kube-apiserver",
-                          "enable --now kube-controller-manager", "enable --now kube-scheduler", "restart network"]
+    assert verbs[-6:] == [
+        "stop etcd",
+        "start etcd",
+        "enable --now kube-apiserver",
+        "enable --now kube-controller-manager",
+        "enable --now kube-scheduler",
+        "restart network",
+    ]
 
 
 @pytest.mark.fleet
@@ -205,7 +215,9 @@ def test_runbook_member_replacement_works_by_hand_on_the_fleet(fleet):
     for path in ("/etc/etcd/etcd.conf", "/etc/kubernetes/apiserver"):
         failed.ssh(f"cat > {path}", input=healthy_node.ssh(f"cat {path}").stdout)
     failed.ssh(RUNBOOK_CONFIG_LOOP.format(name=failed.name, normal_ip=healthy_node.ip, ip=failed.ip))
-    assert failed.path("/etc/etcd/etcd.conf").read_text() == "\n" + etcd_conf(failed.name, failed.ip, cluster, "existing")
+    assert failed.path("/etc/etcd/etcd.conf").read_text() == "\n" + etcd_conf(
+        failed.name, failed.ip, cluster, "existing"
+    )
     assert failed.path("/etc/kubernetes/apiserver").read_text() == apiserver_conf(failed.ip, cluster)
     # etcd refuses "member add" ("unhealthy cluster") until the peers have been connected for 5 s: retry.
     add = f"etcdctl member add {failed.name} --peer-urls=https://{failed.ip}:2380"
@@ -228,5 +240,7 @@ def test_stopped_fleet_leaves_no_processes_or_listening_ports(make_fleet):
     ips = {node.ip for node in fleet.nodes}
     fleet.stop()
     assert [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
-    listening = [c.laddr for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.ip in ips]
+    listening = [
+        c.laddr for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.ip in ips
+    ]
     assert listening == []

@@ -14,7 +14,6 @@ pytestmark = [pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 TREE_DIGEST = "cd {d} && find . -type f | LC_ALL=C sort | xargs -d '\\n' sha256sum && find . | LC_ALL=C sort | xargs -d '\\n' stat -c '%n %a %U %s'"
 
 
-
 @pytest.fixture
 def fleet(module_fleet):
     """One fleet for the whole module (these tests write only their own files)."""
@@ -40,7 +39,10 @@ def test_run_sees_the_nodes_own_files(fleet, nodes):
 def test_run_reports_exit_codes_env_and_failures(nodes):
     node = nodes[0]
     assert node.run("echo out; echo err >&2; exit 3", check=False) == Result("out\n", "err\n", 3)
-    assert node.run('echo "$ETCDCTL_CACERT"', env={"ETCDCTL_CACERT": "/etc/kubernetes/ssl/ca.pem"}).stdout == "/etc/kubernetes/ssl/ca.pem\n"
+    assert (
+        node.run('echo "$ETCDCTL_CACERT"', env={"ETCDCTL_CACERT": "/etc/kubernetes/ssl/ca.pem"}).stdout
+        == "/etc/kubernetes/ssl/ca.pem\n"
+    )
     with pytest.raises(NodeError, match=r"\[run on etcd1 \(.*\)\] `ls /no/such/dir` exited 2: .*No such file"):
         node.run("ls /no/such/dir")
 

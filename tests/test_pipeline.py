@@ -8,7 +8,7 @@ import sys
 import tarfile
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyetcd
@@ -32,8 +32,13 @@ ETCDUTL = find_binaries("3.5.1").etcdutl
 
 
 def access_of(cluster, timeout=10.0):
-    return etcd.EtcdAccess(endpoints=cluster.endpoints, ca=Path(cluster.ca).read_text(),
-                           cert=Path(cluster.cert).read_text(), key=Path(cluster.key).read_text(), timeout=timeout)
+    return etcd.EtcdAccess(
+        endpoints=cluster.endpoints,
+        ca=Path(cluster.ca).read_text(),
+        cert=Path(cluster.cert).read_text(),
+        key=Path(cluster.key).read_text(),
+        timeout=timeout,
+    )
 
 
 def put_keys(cluster, n=50, size=300):
@@ -83,8 +88,9 @@ def test_learner_flags_are_read_although_pyetcd_predates_them():
     from pyetcd import etcdrpc
 
     member = etcdrpc.Member.FromString(etcdrpc.Member(ID=5, name="etcd4").SerializeToString() + bytes([5 << 3, 1]))
-    status = etcdrpc.StatusResponse.FromString(etcdrpc.StatusResponse(version="3.5.1").SerializeToString()
-                                               + bytes([10 << 3, 1]))
+    status = etcdrpc.StatusResponse.FromString(
+        etcdrpc.StatusResponse(version="3.5.1").SerializeToString() + bytes([10 << 3, 1])
+    )
     assert etcd._flag(member, etcd.MEMBER_IS_LEARNER) and etcd._flag(status, etcd.STATUS_IS_LEARNER)
     assert not etcd._flag(etcdrpc.Member(ID=5), etcd.MEMBER_IS_LEARNER)
 
@@ -96,16 +102,24 @@ def single(make_etcd_cluster):
     return cluster
 
 
-@pytest.mark.parametrize("compression, encrypted", [
-    ("zstd", False), ("gzip", False), ("tar.gz", False), ("none", False), ("zstd", True), ("tar.gz", True)])
+@pytest.mark.parametrize(
+    "compression, encrypted",
+    [("zstd", False), ("gzip", False), ("tar.gz", False), ("none", False), ("zstd", True), ("tar.gz", True)],
+)
 def test_backup_is_readable_by_the_plain_tools(single, tmp_path, compression, encrypted):
     identity = x25519.Identity.generate()
     identity_file = tmp_path / "key.txt"
     identity_file.write_text(str(identity) + "\n")
     storage = LocalStorage(tmp_path / "store")
 
-    record = backup(access_of(single), storage, cluster_id=CLUSTER, prefix="etcd", compression=compression,
-                    recipients=[str(identity.to_public())] if encrypted else ())
+    record = backup(
+        access_of(single),
+        storage,
+        cluster_id=CLUSTER,
+        prefix="etcd",
+        compression=compression,
+        recipients=[str(identity.to_public())] if encrypted else (),
+    )
 
     stored = tmp_path / "store" / record.key
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == record.sha256
@@ -125,10 +139,19 @@ def test_backup_is_readable_by_the_plain_tools(single, tmp_path, compression, en
 def test_backup_verify_list_and_prune_on_every_backend(single, storage_backend, tmp_path):
     identity = x25519.Identity.generate()
     put_keys(single, n=300, size=4000)  # a few MB: multipart on S3/UFile
-    times = [datetime(2026, 11, 20 + d, 3, 0, tzinfo=timezone.utc) for d in range(3)]
-    records = [backup(access_of(single), storage_backend, cluster_id=CLUSTER, prefix="etcd", now=when,
-                      compression=c, recipients=[str(identity.to_public())])
-               for when, c in zip(times, ["tar.gz", "gzip", "zstd"])]
+    times = [datetime(2026, 11, 20 + d, 3, 0, tzinfo=UTC) for d in range(3)]
+    records = [
+        backup(
+            access_of(single),
+            storage_backend,
+            cluster_id=CLUSTER,
+            prefix="etcd",
+            now=when,
+            compression=c,
+            recipients=[str(identity.to_public())],
+        )
+        for when, c in zip(times, ["tar.gz", "gzip", "zstd"])
+    ]
     listed = list_backups(storage_backend, CLUSTER, prefix="etcd")
     assert [b.key for b in listed] == [r.key for r in records] and all(b.complete for b in listed)
     for record in records:
@@ -145,8 +168,13 @@ def test_backup_of_a_three_member_cluster_records_a_true_manifest(etcd_cluster, 
     put_keys(etcd_cluster, n=200)
     storage = LocalStorage(tmp_path / "store")
     progress = []
-    record = backup(access_of(etcd_cluster), storage, cluster_id=CLUSTER, compression="tar.gz",
-                    on_progress=lambda done, total: progress.append((done, total)))
+    record = backup(
+        access_of(etcd_cluster),
+        storage,
+        cluster_id=CLUSTER,
+        compression="tar.gz",
+        on_progress=lambda done, total: progress.append((done, total)),
+    )
 
     parsed = parse_key(record.key)
     assert (parsed.cluster_id, parsed.etcd_version, parsed.compression) == (CLUSTER, etcd_version, "tar.gz")
@@ -154,8 +182,9 @@ def test_backup_of_a_three_member_cluster_records_a_true_manifest(etcd_cluster, 
     assert manifest.sha256 == hashlib.sha256((tmp_path / "store" / record.key).read_bytes()).hexdigest()
     assert (manifest.raw_size, manifest.revision, manifest.key_count) == (record.raw_size, record.revision, 201)
     assert manifest.source_member == "etcd1" or manifest.source_member.startswith("etcd")
-    leader = [s for s in map(lambda e: etcd.status(access_of(etcd_cluster), e), etcd_cluster.endpoints)
-              if s.is_leader][0]
+    leader = [s for s in map(lambda e: etcd.status(access_of(etcd_cluster), e), etcd_cluster.endpoints) if s.is_leader][
+        0
+    ]
     assert record.source_endpoint == leader.endpoint  # leader first
     assert progress[-1] == (record.raw_size, record.raw_size)
     (backup_listed,) = list_backups(storage, CLUSTER)
@@ -180,15 +209,27 @@ def test_restored_backup_serves_the_same_values(single, tmp_path):
     fetch_snapshot(storage, listed, db, identities=[str(identity)])
 
     data_dir, client_port, peer_port = tmp_path / "restored", free_port(), free_port()
-    sh(f"{ETCDUTL} snapshot restore {db} --data-dir {data_dir} --name r1 "
-       f"--initial-cluster r1=http://127.0.0.1:{peer_port} --initial-advertise-peer-urls http://127.0.0.1:{peer_port}")
+    sh(
+        f"{ETCDUTL} snapshot restore {db} --data-dir {data_dir} --name r1 "
+        f"--initial-cluster r1=http://127.0.0.1:{peer_port} --initial-advertise-peer-urls http://127.0.0.1:{peer_port}"
+    )
     log = open(tmp_path / "etcd.log", "wb")
-    proc = subprocess.Popen([str(find_binaries("3.5.1").etcd), "--name", "r1", "--data-dir", str(data_dir),
-                             f"--listen-client-urls=http://127.0.0.1:{client_port}",
-                             f"--advertise-client-urls=http://127.0.0.1:{client_port}",
-                             f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
-                             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
-                             f"--initial-cluster=r1=http://127.0.0.1:{peer_port}"], stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [
+            str(find_binaries("3.5.1").etcd),
+            "--name",
+            "r1",
+            "--data-dir",
+            str(data_dir),
+            f"--listen-client-urls=http://127.0.0.1:{client_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{client_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=r1=http://127.0.0.1:{peer_port}",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     try:
         restored = etcd.EtcdAccess(endpoints=[f"http://127.0.0.1:{client_port}"], timeout=2)
         for _ in range(100):
@@ -311,8 +352,13 @@ def test_verify_and_fetch_refuse_a_damaged_object(single, tmp_path):
 def test_an_ssh_ed25519_key_can_be_the_recipient(single, tmp_path):
     sh(f"ssh-keygen -q -t ed25519 -N '' -C backup -f {tmp_path / 'id_ed25519'}")
     storage = LocalStorage(tmp_path / "store")
-    record = backup(access_of(single), storage, cluster_id=CLUSTER, compression="gzip",
-                    recipients=[(tmp_path / "id_ed25519.pub").read_text()])
+    record = backup(
+        access_of(single),
+        storage,
+        cluster_id=CLUSTER,
+        compression="gzip",
+        recipients=[(tmp_path / "id_ed25519.pub").read_text()],
+    )
     sh(f"age -d -i {tmp_path / 'id_ed25519'} {tmp_path / 'store' / record.key} | gzip -d > {tmp_path / 'out.db'}")
     assert hashlib.sha256((tmp_path / "out.db").read_bytes()).hexdigest() == record.raw_sha256
     assert verify(storage, record.key, identities=[(tmp_path / "id_ed25519").read_text()]).raw_size == record.raw_size
@@ -361,11 +407,24 @@ MEASURE = textwrap.dedent("""
 
 
 def peak_rss_mb(cluster, directory, compression="zstd", recipients=()):
-    args = json.dumps({"endpoints": cluster.endpoints, "ca": str(cluster.ca), "cert": str(cluster.cert),
-                       "key": str(cluster.key), "dir": str(directory), "compression": compression,
-                       "recipients": list(recipients)})
-    out = subprocess.run([sys.executable, "-c", MEASURE, args], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parent.parent)
+    args = json.dumps(
+        {
+            "endpoints": cluster.endpoints,
+            "ca": str(cluster.ca),
+            "cert": str(cluster.cert),
+            "key": str(cluster.key),
+            "dir": str(directory),
+            "compression": compression,
+            "recipients": list(recipients),
+        }
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
     return int(out.stdout.split()[-1])
 
 

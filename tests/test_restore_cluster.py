@@ -25,8 +25,14 @@ from etcd_backup.etcd import EtcdAccess
 from etcd_backup.storage.local import LocalStorage as LocalStore
 from flows.restore_cluster import restore_cluster
 from tests.fleet.data import fill
-from tests.restore_helpers import (artifacts, assert_control_plane, fleet_state, in_thread, paused_run,
-                                   save_cluster_block)
+from tests.restore_helpers import (
+    artifacts,
+    assert_control_plane,
+    fleet_state,
+    in_thread,
+    paused_run,
+    save_cluster_block,
+)
 
 pytestmark = [pytest.mark.restore, pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 CLUSTER_ID = "uk8s-restoretest"
@@ -47,8 +53,9 @@ class Setup:
             self.data = {m.key: v for v, m in client.get_all()}
         self.dir = tmp_path / "backups"
         pki = fleet.pki
-        access = EtcdAccess(tuple(fleet.endpoints), ca=pki.ca.read_text(), cert=pki.cert.read_text(),
-                            key=pki.key.read_text())
+        access = EtcdAccess(
+            tuple(fleet.endpoints), ca=pki.ca.read_text(), cert=pki.cert.read_text(), key=pki.key.read_text()
+        )
         self.identity = None
         recipients = []
         if kind == "age":
@@ -57,8 +64,13 @@ class Setup:
             self.identity = f"age-{secrets.token_hex(4)}"
             AgeIdentity(identity=str(key)).save(self.identity)
         store = LocalStore(self.dir)
-        self.record = pipeline.backup(access, store, cluster_id=CLUSTER_ID, recipients=recipients,
-                                      compression="tar.gz" if kind == "legacy" else "zstd")
+        self.record = pipeline.backup(
+            access,
+            store,
+            cluster_id=CLUSTER_ID,
+            recipients=recipients,
+            compression="tar.gz" if kind == "legacy" else "zstd",
+        )
         if kind == "legacy":
             store.delete([manifest_key(self.record.key)])
         self.storage_name = f"restore-{secrets.token_hex(4)}"
@@ -73,8 +85,9 @@ class Setup:
 
     def run(self, **params):
         """Run the flow and return its final state (never raises)."""
-        return restore_cluster(cluster=self.cluster, storage=self.storage, identity=self.identity,
-                               return_state=True, **params)
+        return restore_cluster(
+            cluster=self.cluster, storage=self.storage, identity=self.identity, return_state=True, **params
+        )
 
 
 @pytest.fixture
@@ -98,6 +111,7 @@ def assert_restored(setup: Setup, result: dict) -> None:
 
 
 # --- end to end --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("etcd_version,setup", [("3.5.1", "zstd"), ("3.4.23", "age")], indirect=True)
 def test_restore_after_two_members_failed(setup, etcd_version):
@@ -141,6 +155,7 @@ def test_restore_after_two_nodes_were_deleted_with_control_plane(setup, etcd_ver
 
 
 # --- safety --------------------------------------------------------------------------
+
 
 def test_dry_run_changes_nothing_and_publishes_the_plan(setup):
     fleet = setup.fleet
@@ -196,8 +211,10 @@ def _inject_restore_failure(node, etcd_version: str) -> None:
     real = node.path(f"/root/{tool}.real")
     shutil.copyfile(node.path(f"/usr/bin/{tool}"), real)
     real.chmod(0o755)
-    script = (f'#!/bin/sh\nif [ "$1" = snapshot ] && [ "$2" = restore ]; then\n'
-              f'  echo "injected failure of snapshot restore" >&2; exit 1\nfi\nexec /root/{tool}.real "$@"\n')
+    script = (
+        f'#!/bin/sh\nif [ "$1" = snapshot ] && [ "$2" = restore ]; then\n'
+        f'  echo "injected failure of snapshot restore" >&2; exit 1\nfi\nexec /root/{tool}.real "$@"\n'
+    )
     with open(node.path(f"/usr/bin/{tool}"), "r+b") as f:  # in place: the path is a bind mount
         f.truncate(0)
         f.write(script.encode())
@@ -214,13 +231,15 @@ def test_failure_midway_rolls_every_node_back(setup, etcd_version):
     after = fleet_state(fleet)
     for name in before:
         assert after[name]["running"] == before[name]["running"]
-        changed = {k for k in before[name]
-                   if k not in ("systemctl", "var/lib") and before[name][k] != after[name].get(k)}
+        changed = {
+            k for k in before[name] if k not in ("systemctl", "var/lib") and before[name][k] != after[name].get(k)
+        }
         assert not changed, f"{name}: {sorted(changed)[:5]}"
         added = [k for k in after[name] if k not in before[name] and not k.startswith("var/lib/etcd-restore-")]
         assert not added, f"{name}: {added[:5]}"
-        assert [d for d in after[name]["var/lib"] if d not in before[name]["var/lib"]] == \
-            [d for d in after[name]["var/lib"] if d.startswith("etcd-restore-")]
+        assert [d for d in after[name]["var/lib"] if d not in before[name]["var/lib"]] == [
+            d for d in after[name]["var/lib"] if d.startswith("etcd-restore-")
+        ]
     assert after["etcd1"]["running"]
     report = artifacts(state)["restore-report-uk8s-restoretest"]
     assert "FAILED and was rolled back" in report and "| etcd3 | restore | snapshot restore | failed |" in report

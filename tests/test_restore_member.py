@@ -17,8 +17,14 @@ import pytest
 from prefect.flow_runs import resume_flow_run
 
 from flows.restore_member import restore_member
-from tests.restore_helpers import (artifacts, assert_control_plane, fleet_state, in_thread, paused_run,
-                                   save_cluster_block)
+from tests.restore_helpers import (
+    artifacts,
+    assert_control_plane,
+    fleet_state,
+    in_thread,
+    paused_run,
+    save_cluster_block,
+)
 
 pytestmark = [pytest.mark.restore, pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 CLUSTER_ID = "uk8s-membertest"
@@ -69,8 +75,9 @@ def assert_replaced(setup: Setup, name: str) -> None:
     assert sorted((m["name"], m["peerURLs"]) for m in members) == [(n.name, [n.peer_url]) for n in fleet.nodes]
     setup.put("after", 20)
     for node in fleet.nodes:
-        out = fleet.etcdctl(f"--endpoints={node.client_url}", "get", "/registry/", "--prefix", "--keys-only",
-                            "--consistency=s").stdout
+        out = fleet.etcdctl(
+            f"--endpoints={node.client_url}", "get", "/registry/", "--prefix", "--keys-only", "--consistency=s"
+        ).stdout
         assert {k.encode() for k in out.split()} == set(setup.data), node.name
     with fleet.client() as client:
         assert {m.key: v for v, m in client.get_all()} == setup.data
@@ -84,6 +91,7 @@ def assert_replaced(setup: Setup, name: str) -> None:
 
 
 # --- end to end ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
 def test_replace_a_failed_member_of_a_repaired_node(setup, etcd_version):
@@ -125,6 +133,7 @@ def test_replace_the_member_of_a_deleted_and_recreated_node_with_control_plane(s
 
 
 # --- safety ----------------------------------------------------------------------------
+
 
 def test_refuses_an_unknown_node_a_healthy_member_and_a_lost_quorum(setup):
     fleet = setup.fleet
@@ -173,8 +182,10 @@ def _fail_member_add(node) -> None:
     real = node.path("/root/etcdctl.real")
     shutil.copyfile(node.path("/usr/bin/etcdctl"), real)
     real.chmod(0o755)
-    script = ('#!/bin/sh\nif [ "$1" = member ] && [ "$2" = add ]; then\n'
-              '  echo "injected failure of member add" >&2; exit 1\nfi\nexec /root/etcdctl.real "$@"\n')
+    script = (
+        '#!/bin/sh\nif [ "$1" = member ] && [ "$2" = add ]; then\n'
+        '  echo "injected failure of member add" >&2; exit 1\nfi\nexec /root/etcdctl.real "$@"\n'
+    )
     with open(node.path("/usr/bin/etcdctl"), "r+b") as f:  # in place: the path is a bind mount
         f.truncate(0)
         f.write(script.encode())

@@ -31,25 +31,50 @@ OPTIONS = RestoreOptions(run_id="20240101T000000Z")
 
 
 def spec() -> ClusterSpec:
-    return ClusterSpec(cluster_id="uk8s-x", ca_pem="ca", cert_pem="cert", key_pem="key",
-                       nodes=[MasterNode(name=n, ip=ip) for n, ip in IPS.items()], ssh=SSHAccess(private_key="k"))
+    return ClusterSpec(
+        cluster_id="uk8s-x",
+        ca_pem="ca",
+        cert_pem="cert",
+        key_pem="key",
+        nodes=[MasterNode(name=n, ip=ip) for n, ip in IPS.items()],
+        ssh=SSHAccess(private_key="k"),
+    )
 
 
 def facts(name: str, *, files: bool = True, reachable: bool = True, active: bool = True) -> RestoreFacts:
     have = {k: files for k in FILE_KEYS}
-    base = NodeFacts(name=name, ip=IPS[name], reachable=reachable, error=None if reachable else "host key mismatch",
-                     files=have if reachable else {}, etcd_version="3.5.1" if files else None,
-                     etcd_active=active and files, data_dir_present=files, free_bytes=50 << 30)
-    cp = {k: files for k in ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf", "ifcfg-lo:internal",
-                             "ifcfg-lo:external")}
+    base = NodeFacts(
+        name=name,
+        ip=IPS[name],
+        reachable=reachable,
+        error=None if reachable else "host key mismatch",
+        files=have if reachable else {},
+        etcd_version="3.5.1" if files else None,
+        etcd_active=active and files,
+        data_dir_present=files,
+        free_bytes=50 << 30,
+    )
+    cp = {
+        k: files
+        for k in ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf", "ifcfg-lo:internal", "ifcfg-lo:external")
+    }
     conf = CONF.replace("etcd1", name).replace(IPS["etcd1"], IPS[name]) if files else None
-    return RestoreFacts(node=base, conf_text=conf, etcd_enabled=files, files=cp,
-                        kube_units=("kube-apiserver.service",) if files else ())
+    return RestoreFacts(
+        node=base, conf_text=conf, etcd_enabled=files, files=cp, kube_units=("kube-apiserver.service",) if files else ()
+    )
 
 
 def members(*names: str) -> list[MemberInfo]:
-    return [MemberInfo(id=IDS[n], name=n, peer_urls=(f"https://{IPS[n]}:2380",),
-                       client_urls=(f"https://{IPS[n]}:2379",), is_learner=False) for n in names]
+    return [
+        MemberInfo(
+            id=IDS[n],
+            name=n,
+            peer_urls=(f"https://{IPS[n]}:2380",),
+            client_urls=(f"https://{IPS[n]}:2379",),
+            is_learner=False,
+        )
+        for n in names
+    ]
 
 
 def health(*down: str) -> dict[str, str]:
@@ -61,9 +86,15 @@ def cluster_facts(failed_files: bool = True) -> list[RestoreFacts]:
 
 
 def plan(failed="etcd2", healthy=None, member_list=None, state=None, node_facts=None, options=OPTIONS):
-    return plan_member_replacement(spec(), node_facts or cluster_facts(),
-                                   members("etcd1", "etcd2", "etcd3") if member_list is None else member_list,
-                                   state or health("etcd2"), failed, healthy, options)
+    return plan_member_replacement(
+        spec(),
+        node_facts or cluster_facts(),
+        members("etcd1", "etcd2", "etcd3") if member_list is None else member_list,
+        state or health("etcd2"),
+        failed,
+        healthy,
+        options,
+    )
 
 
 def runs(p, phase):
@@ -72,17 +103,25 @@ def runs(p, phase):
 
 def test_membership_changes_come_last_after_every_undoable_preparation():
     p = plan()
-    assert [ph for ph, _ in p.phases()] == ["stop", "refill", "configure", "set-aside", "remove", "add", "start",
-                                            "check"]
+    assert [ph for ph, _ in p.phases()] == [
+        "stop",
+        "refill",
+        "configure",
+        "set-aside",
+        "remove",
+        "add",
+        "start",
+        "check",
+    ]
     assert p.healthy == "etcd1" and p.remove_id == "45b4ced6b6a33ef5"
     assert {s.node for s in p.steps if s.phase in ("remove", "add")} == {"etcd1"}
     assert {s.node for s in p.steps if s.phase in ("stop", "refill", "configure", "set-aside", "start")} == {"etcd2"}
-    remove, = runs(p, "remove")
+    (remove,) = runs(p, "remove")
     assert "/usr/bin/etcdctl member remove 45b4ced6b6a33ef5 2>&1" in remove
     assert '*"request timed out"*' in remove and '*"member not found"*) echo "$out"; exit 0' in remove
     assert "ETCDCTL_CACERT=/etc/kubernetes/ssl/ca.pem" in remove and "ETCDCTL_API=3" in remove
     assert "https://10.23.97.19:2379" not in remove  # only healthy endpoints
-    add, = runs(p, "add")
+    (add,) = runs(p, "add")
     assert "member add etcd2 --peer-urls=https://10.23.97.19:2380" in add and "unhealthy cluster" in add
     assert runs(p, "start") == ["systemctl enable --now etcd"]
     assert [s for s in p.steps if s.phase == "remove"][0].undo == ()  # honest: cannot be undone
@@ -92,23 +131,31 @@ def test_runbook_files_are_copied_and_etcd_conf_rewritten_for_the_failed_node():
     p = plan()
     relays = [a for s in p.steps for a in s.actions if isinstance(a, Relay)]
     assert {(r.source, r.path, r.tree) for r in relays} == {
-        ("etcd1", "/usr/bin/etcd", False), ("etcd1", "/usr/bin/etcdctl", False), ("etcd1", "/usr/bin/etcdutl", False),
-        ("etcd1", "/etc/etcd", True), ("etcd1", "/etc/kubernetes", True),
-        ("etcd1", "/usr/lib/systemd/system/etcd.service", False)}
-    conf, = [a.text for s in p.steps for a in s.actions if isinstance(a, Write)]
+        ("etcd1", "/usr/bin/etcd", False),
+        ("etcd1", "/usr/bin/etcdctl", False),
+        ("etcd1", "/usr/bin/etcdutl", False),
+        ("etcd1", "/etc/etcd", True),
+        ("etcd1", "/etc/kubernetes", True),
+        ("etcd1", "/usr/lib/systemd/system/etcd.service", False),
+    }
+    (conf,) = [a.text for s in p.steps for a in s.actions if isinstance(a, Write)]
     assert "ETCD_NAME=etcd2\n" in conf and 'ETCD_INITIAL_CLUSTER_STATE="existing"' in conf
     assert f'ETCD_INITIAL_CLUSTER="{INITIAL}"' in conf and 'ETCD_INITIAL_CLUSTER_TOKEN="etcd-cluster"' in conf
     assert 'ETCD_LISTEN_PEER_URLS="https://10.23.97.19:2380"' in conf
     assert "10.23.17.200" not in conf.replace(INITIAL, "")
     assert any("advertise-address=" in cmd and "10.23.97.19" in cmd for cmd in runs(p, "refill"))
-    assert any(cmd.startswith("if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.bak-20240101T000000Z")
-               for cmd in runs(p, "set-aside"))
+    assert any(
+        cmd.startswith("if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.bak-20240101T000000Z")
+        for cmd in runs(p, "set-aside")
+    )
     assert all(s.undo for s in p.steps if s.phase in ("refill", "configure", "set-aside", "add", "start"))
 
 
 def test_bare_recreated_node_has_no_etcd_to_stop_and_gets_the_control_plane():
-    p = plan(node_facts=cluster_facts(failed_files=False),
-             options=RestoreOptions(run_id="20240101T000000Z", restore_control_plane=True))
+    p = plan(
+        node_facts=cluster_facts(failed_files=False),
+        options=RestoreOptions(run_id="20240101T000000Z", restore_control_plane=True),
+    )
     assert "stop" not in dict(p.phases())
     cmds = runs(p, "kubernetes")
     assert "systemctl enable --now kube-apiserver kube-controller-manager kube-scheduler" in cmds
@@ -149,8 +196,11 @@ def test_refuses_when_the_others_would_lose_quorum_once_it_is_added():
     IPS["etcd4"], IDS["etcd4"] = "10.0.0.4", 4
     try:  # four nodes, etcd2 removed before and etcd4 down: 2 of 3 is quorum now, 2 of 4 is not once etcd2 is added
         with pytest.raises(RestoreRefused, match="would leave no quorum"):
-            plan(member_list=members("etcd1", "etcd3", "etcd4"), state=health("etcd2", "etcd4"),
-                 node_facts=[facts(n) for n in IPS])
+            plan(
+                member_list=members("etcd1", "etcd3", "etcd4"),
+                state=health("etcd2", "etcd4"),
+                node_facts=[facts(n) for n in IPS],
+            )
     finally:
         del IPS["etcd4"], IDS["etcd4"]
 
@@ -169,8 +219,10 @@ def test_refuses_an_unreachable_failed_node_or_unusable_healthy_node():
 def test_refuses_a_member_list_that_does_not_match_the_block():
     odd = MemberInfo(id=7, name="etcd7", peer_urls=("https://10.9.9.9:2380",), client_urls=(), is_learner=False)
     with pytest.raises(RestoreRefused, match="not a node of the cluster block"):
-        plan(member_list=[*members("etcd1", "etcd2", "etcd3"), odd],
-             state={**health("etcd2"), "https://10.9.9.9:2379": "ok"})
+        plan(
+            member_list=[*members("etcd1", "etcd2", "etcd3"), odd],
+            state={**health("etcd2"), "https://10.9.9.9:2379": "ok"},
+        )
 
 
 def _script(path, body: str) -> str:
@@ -185,9 +237,12 @@ def test_membership_commands_wait_out_an_election_and_accept_an_already_removed_
     from etcd_backup.restore.member import retrying
 
     count = tmp_path / "count"
-    flaky = _script(tmp_path / "flaky", f'n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}\n'
-                                        'if [ "$n" -lt 1 ]; then echo "Error: etcdserver: request timed out"; exit 1; fi\n'
-                                        'echo "Member 45b4ced6b6a33ef5 removed"\n')
+    flaky = _script(
+        tmp_path / "flaky",
+        f"n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}\n"
+        'if [ "$n" -lt 1 ]; then echo "Error: etcdserver: request timed out"; exit 1; fi\n'
+        'echo "Member 45b4ced6b6a33ef5 removed"\n',
+    )
     done = _script(tmp_path / "done", 'echo "Error: etcdserver: member not found"; exit 1\n')
     broken = _script(tmp_path / "broken", 'echo "Error: permission denied"; exit 1\n')
     run = lambda cmd: subprocess.run(["bash", "-c", retrying(cmd, tries=3)], capture_output=True, text=True)  # noqa: E731

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,8 +16,13 @@ from etcd_backup.restore.actions import Run, Step
 from etcd_backup.restore.conf import rewrite_conf
 from etcd_backup.restore.executor import Executor
 from etcd_backup.restore.facts import RestoreFacts
-from etcd_backup.restore.plan import (RestoreOptions, SnapshotInfo, choose_retained, plan_cluster_restore,
-                                      refuse_if_quorum)
+from etcd_backup.restore.plan import (
+    RestoreOptions,
+    SnapshotInfo,
+    choose_retained,
+    plan_cluster_restore,
+    refuse_if_quorum,
+)
 from etcd_backup.restore.source import choose_backup
 
 pytestmark = pytest.mark.restore
@@ -33,36 +38,75 @@ ETCD_INITIAL_CLUSTER="etcd1=https://10.23.166.234:2380,etcd2=https://10.23.172.1
 ETCD_INITIAL_CLUSTER_STATE="new"
 ETCD_INITIAL_CLUSTER_TOKEN="etcd-cluster"
 """
-SNAP = SnapshotInfo(key="uk8s-x-backup-etcd-3.5.1-2024-01-01T00-00-00.db.zst", raw_size=10 << 20,
-                    raw_sha256="ab" * 32, revision=100, key_count=50, etcd_version="3.5.1")
+SNAP = SnapshotInfo(
+    key="uk8s-x-backup-etcd-3.5.1-2024-01-01T00-00-00.db.zst",
+    raw_size=10 << 20,
+    raw_sha256="ab" * 32,
+    revision=100,
+    key_count=50,
+    etcd_version="3.5.1",
+)
 OPTIONS = RestoreOptions(run_id="20240101T000000Z")
 
 
 def spec() -> ClusterSpec:
-    return ClusterSpec(cluster_id="uk8s-x", ca_pem="ca", cert_pem="cert", key_pem="key",
-                       nodes=[MasterNode(name=n, ip=ip) for n, ip in IPS.items()],
-                       ssh=SSHAccess(private_key="k"))
+    return ClusterSpec(
+        cluster_id="uk8s-x",
+        ca_pem="ca",
+        cert_pem="cert",
+        key_pem="key",
+        nodes=[MasterNode(name=n, ip=ip) for n, ip in IPS.items()],
+        ssh=SSHAccess(private_key="k"),
+    )
 
 
-def node_facts(name: str, *, files: bool = True, version: str = "3.5.1", active: bool = False,
-               reachable: bool = True, free: int | None = 50 << 30, etcdutl: bool | None = None,
-               kube: bool = True, kube_active: tuple = ()) -> RestoreFacts:
+def node_facts(
+    name: str,
+    *,
+    files: bool = True,
+    version: str = "3.5.1",
+    active: bool = False,
+    reachable: bool = True,
+    free: int | None = 50 << 30,
+    etcdutl: bool | None = None,
+    kube: bool = True,
+    kube_active: tuple = (),
+) -> RestoreFacts:
     have = {k: files for k in FILE_KEYS}
     have["etcdutl_bin"] = files and (version >= "3.5" if etcdutl is None else etcdutl)
-    base = NodeFacts(name=name, ip=IPS[name], reachable=reachable, error=None if reachable else "timed out",
-                     files=have if reachable else {}, etcd_version=version if files else None,
-                     etcd_active=active, data_dir_present=files, free_bytes=free)
-    cp = {k: files and kube for k in ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf",
-                                      "ifcfg-lo:internal", "ifcfg-lo:external")}
+    base = NodeFacts(
+        name=name,
+        ip=IPS[name],
+        reachable=reachable,
+        error=None if reachable else "timed out",
+        files=have if reachable else {},
+        etcd_version=version if files else None,
+        etcd_active=active,
+        data_dir_present=files,
+        free_bytes=free,
+    )
+    cp = {
+        k: files and kube
+        for k in ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf", "ifcfg-lo:internal", "ifcfg-lo:external")
+    }
     units = ("kube-apiserver.service", "kube-scheduler.service") if files and kube else ()
-    return RestoreFacts(node=base, conf_text=CONF.replace("etcd1", name).replace(IPS["etcd1"], IPS[name])
-                        if files else None, etcd_enabled=files, kube_active=kube_active, files=cp, kube_units=units)
+    return RestoreFacts(
+        node=base,
+        conf_text=CONF.replace("etcd1", name).replace(IPS["etcd1"], IPS[name]) if files else None,
+        etcd_enabled=files,
+        kube_active=kube_active,
+        files=cp,
+        kube_units=units,
+    )
 
 
 def deleted(version="3.5.1", **kw):
     """Case 3.2.2: etcd1 kept, etcd2 and etcd3 recreated bare."""
-    return [node_facts("etcd1", version=version, active=True, **kw), node_facts("etcd2", files=False),
-            node_facts("etcd3", files=False)]
+    return [
+        node_facts("etcd1", version=version, active=True, **kw),
+        node_facts("etcd2", files=False),
+        node_facts("etcd3", files=False),
+    ]
 
 
 def commands(plan, node, phase=None):
@@ -71,23 +115,51 @@ def commands(plan, node, phase=None):
 
 # --- decisions -----------------------------------------------------------------
 
-@pytest.mark.parametrize("version,bump", [
-    ("3.3.17", False), ("3.4.23", False), ("3.4.26", False), ("3.4.27", True), ("3.4.30", True),
-    ("3.5.1", False), ("3.5.9", False), ("3.5.10", True), ("3.5.17", True), ("3.6.0", True), ("v3.6.4", True)])
+
+@pytest.mark.parametrize(
+    "version,bump",
+    [
+        ("3.3.17", False),
+        ("3.4.23", False),
+        ("3.4.26", False),
+        ("3.4.27", True),
+        ("3.4.30", True),
+        ("3.5.1", False),
+        ("3.5.9", False),
+        ("3.5.10", True),
+        ("3.5.17", True),
+        ("3.6.0", True),
+        ("v3.6.4", True),
+    ],
+)
 def test_bump_revision_only_where_etcd_has_it(version, bump):
     assert c.supports_bump(c.parse_version(version)) is bump
 
 
-@pytest.mark.parametrize("version,etcdutl,tool", [
-    ("3.3.17", False, "etcdctl"), ("3.4.23", False, "etcdctl"), ("3.5.1", True, "etcdutl"),
-    ("3.5.1", False, "etcdctl"), ("3.6.0", True, "etcdutl"), ("3.6.0", False, None)])
+@pytest.mark.parametrize(
+    "version,etcdutl,tool",
+    [
+        ("3.3.17", False, "etcdctl"),
+        ("3.4.23", False, "etcdctl"),
+        ("3.5.1", True, "etcdutl"),
+        ("3.5.1", False, "etcdctl"),
+        ("3.6.0", True, "etcdutl"),
+        ("3.6.0", False, None),
+    ],
+)
 def test_restore_tool_by_version(version, etcdutl, tool):
     assert c.restore_tool(c.parse_version(version), etcdutl) == tool
 
 
 def test_conf_rewrite_follows_the_runbook_loop_and_sets_the_new_cluster():
-    out = rewrite_conf(CONF, name="etcd2", source_ip=IPS["etcd1"], node_ip=IPS["etcd2"],
-                       initial_cluster="a=https://1.1.1.1:2380", token="tok-1")
+    out = rewrite_conf(
+        CONF,
+        name="etcd2",
+        source_ip=IPS["etcd1"],
+        node_ip=IPS["etcd2"],
+        initial_cluster="a=https://1.1.1.1:2380",
+        token="tok-1",
+    )
     assert "ETCD_NAME=etcd2\n" in out
     assert 'ETCD_LISTEN_PEER_URLS="https://10.23.172.172:2380"' in out
     assert "https://10.23.166.2349:1" in out  # a longer address is not touched
@@ -121,22 +193,48 @@ def test_whole_cluster_restore_is_refused_while_quorum_holds():
 
 # --- backup choice -----------------------------------------------------------------
 
+
 def backup(key_time: str, *, complete=True, legacy=False, cluster="uk8s-x", compression="zstd", manifest_cluster=None):
-    when = datetime.strptime(key_time, "%Y-%m-%dT%H-%M-%S").replace(tzinfo=timezone.utc)
+    when = datetime.strptime(key_time, "%Y-%m-%dT%H-%M-%S").replace(tzinfo=UTC)
     ext = {"zstd": ".db.zst", "tar.gz": ".db.tar.gz", "none": ".db"}[compression]
     key = f"{cluster}-backup-etcd-3.5.1-{key_time}{ext}"
     manifest = None
     if complete:
-        manifest = Manifest(cluster=manifest_cluster or cluster, key=key, size=1, sha256="0", raw_size=1,
-                            raw_sha256="0", revision=1, revision_exact=True, key_count=1, etcd_version="3.5.1",
-                            source_member="etcd1", source_endpoint="e", created=when, compression=compression)
-    return Backup(key=key, cluster_id=cluster, time=when, size=1, compression=compression, encrypted=False,
-                  complete=complete, legacy=legacy, manifest=manifest)
+        manifest = Manifest(
+            cluster=manifest_cluster or cluster,
+            key=key,
+            size=1,
+            sha256="0",
+            raw_size=1,
+            raw_sha256="0",
+            revision=1,
+            revision_exact=True,
+            key_count=1,
+            etcd_version="3.5.1",
+            source_member="etcd1",
+            source_endpoint="e",
+            created=when,
+            compression=compression,
+        )
+    return Backup(
+        key=key,
+        cluster_id=cluster,
+        time=when,
+        size=1,
+        compression=compression,
+        encrypted=False,
+        complete=complete,
+        legacy=legacy,
+        manifest=manifest,
+    )
 
 
 def test_latest_is_the_newest_complete_backup_else_the_newest_legacy_one():
-    old, new, partial = backup("2024-01-01T00-00-00"), backup("2024-02-01T00-00-00"), backup(
-        "2024-03-01T00-00-00", complete=False)
+    old, new, partial = (
+        backup("2024-01-01T00-00-00"),
+        backup("2024-02-01T00-00-00"),
+        backup("2024-03-01T00-00-00", complete=False),
+    )
     legacy = backup("2024-04-01T00-00-00", complete=False, legacy=True, compression="tar.gz")
     assert choose_backup([old, new, partial, legacy], "uk8s-x").key == new.key
     assert choose_backup([partial, legacy], "uk8s-x").key == legacy.key
@@ -161,17 +259,32 @@ def test_a_named_backup_must_be_this_clusters_and_usable():
 
 # --- the plan ------------------------------------------------------------------------
 
+
 def test_plan_for_deleted_nodes_refills_them_and_restores_every_member():
     plan = plan_cluster_restore(spec(), deleted(), SNAP, None, "tok-1", OPTIONS)
     assert plan.retained == "etcd1"
-    assert [p for p, _ in plan.phases()] == ["stop", "refill", "configure", "set-aside", "upload", "restore",
-                                             "start", "check"]
+    assert [p for p, _ in plan.phases()] == [
+        "stop",
+        "refill",
+        "configure",
+        "set-aside",
+        "upload",
+        "restore",
+        "start",
+        "check",
+    ]
     assert not [s for s in plan.for_node("etcd1") if s.phase == "refill"]
     refill = commands(plan, "etcd2", "refill")
     assert any("/etc/etcd" in cmd and "saved" in cmd for cmd in refill) and "systemctl daemon-reload" in refill
     copied = [a.path for s in plan.for_node("etcd2") if s.phase == "refill" for a in s.actions if hasattr(a, "source")]
-    assert copied == ["/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/bin/etcdutl", "/etc/etcd", "/etc/kubernetes",
-                      "/usr/lib/systemd/system/etcd.service"]
+    assert copied == [
+        "/usr/bin/etcd",
+        "/usr/bin/etcdctl",
+        "/usr/bin/etcdutl",
+        "/etc/etcd",
+        "/etc/kubernetes",
+        "/usr/lib/systemd/system/etcd.service",
+    ]
     initial = ",".join(f"{n}=https://{ip}:2380" for n, ip in IPS.items())
     for name, ip in IPS.items():
         [restore] = commands(plan, name, "restore")
@@ -181,13 +294,15 @@ def test_plan_for_deleted_nodes_refills_them_and_restores_every_member():
         assert "--data-dir=/var/lib/etcd/default.etcd" in restore and "--bump-revision" not in restore
         assert commands(plan, name, "set-aside") == [
             "if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.bak-20240101T000000Z; fi && "
-            "mkdir -p /var/lib/etcd"]
+            "mkdir -p /var/lib/etcd"
+        ]
         assert commands(plan, name, "start") == ["systemctl enable --now etcd"]
         [conf] = [a for s in plan.for_node(name) if s.phase == "configure" for a in s.actions if hasattr(a, "text")]
         assert f"ETCD_NAME={name}\n" in conf.text and f'ETCD_LISTEN_PEER_URLS="https://{ip}:2380"' in conf.text
     assert "systemctl stop etcd" in commands(plan, "etcd1", "stop")
-    assert all(s.destructive for s in plan.steps if s.phase in ("stop", "refill", "configure", "set-aside",
-                                                                  "restore", "start"))
+    assert all(
+        s.destructive for s in plan.steps if s.phase in ("stop", "refill", "configure", "set-aside", "restore", "start")
+    )
 
 
 def test_plan_on_34_nodes_uses_etcdctl_and_bumps_where_supported():
@@ -200,15 +315,20 @@ def test_plan_on_34_nodes_uses_etcdctl_and_bumps_where_supported():
 
 
 def test_plan_for_failed_members_keeps_their_files_and_restarts_apiservers():
-    facts = [node_facts("etcd1", active=True, kube_active=("kube-apiserver", "kube-scheduler")),
-             node_facts("etcd2"), node_facts("etcd3")]
+    facts = [
+        node_facts("etcd1", active=True, kube_active=("kube-apiserver", "kube-scheduler")),
+        node_facts("etcd2"),
+        node_facts("etcd3"),
+    ]
     plan = plan_cluster_restore(spec(), facts, SNAP, "etcd1", "t", OPTIONS)
     assert not [s for s in plan.steps if s.phase == "refill"]
     stop = [s for s in plan.for_node("etcd1") if s.phase == "stop"][0]
     assert [a.cmd for a in stop.actions] == ["systemctl stop kube-apiserver", "systemctl stop etcd"]
     assert stop.undo[0].cmd.startswith("timeout ") and stop.undo[1].cmd == "systemctl start kube-apiserver"
-    assert commands(plan, "etcd1", "kubernetes") == ["systemctl start kube-apiserver",
-                                                     "systemctl restart kube-scheduler"]
+    assert commands(plan, "etcd1", "kubernetes") == [
+        "systemctl start kube-apiserver",
+        "systemctl restart kube-scheduler",
+    ]
     assert commands(plan, "etcd2", "kubernetes") == []
 
 
@@ -218,13 +338,18 @@ def test_plan_with_control_plane_runs_the_runbooks_last_step_on_rebuilt_nodes():
     assert f"sed -i 's/\\(advertise-address=\\).*\\( \\)/\\1{IPS['etcd3']}\\2/' /etc/kubernetes/apiserver" in cmds
     assert "systemctl enable --now kube-apiserver kube-controller-manager kube-scheduler" in cmds
     assert cmds[-1] == "systemctl restart network"
-    copied = {a.path for s in plan.for_node("etcd3") if s.phase == "kubernetes" for a in s.actions
-              if hasattr(a, "source")}
-    assert copied == {"/usr/local/bin/hyperkube", "/usr/local/bin/kubectl", "/root/.kube",
-                      "/usr/lib/systemd/system/kube-apiserver.service",
-                      "/usr/lib/systemd/system/kube-scheduler.service",
-                      "/etc/sysconfig/network-scripts/ifcfg-lo:internal",
-                      "/etc/sysconfig/network-scripts/ifcfg-lo:external"}
+    copied = {
+        a.path for s in plan.for_node("etcd3") if s.phase == "kubernetes" for a in s.actions if hasattr(a, "source")
+    }
+    assert copied == {
+        "/usr/local/bin/hyperkube",
+        "/usr/local/bin/kubectl",
+        "/root/.kube",
+        "/usr/lib/systemd/system/kube-apiserver.service",
+        "/usr/lib/systemd/system/kube-scheduler.service",
+        "/etc/sysconfig/network-scripts/ifcfg-lo:internal",
+        "/etc/sysconfig/network-scripts/ifcfg-lo:external",
+    }
     assert commands(plan, "etcd1", "kubernetes") == []
     with pytest.raises(RestoreRefused, match="restore_control_plane"):
         plan_cluster_restore(spec(), deleted(kube=False), SNAP, None, "t", RestoreOptions("r", True))
@@ -241,6 +366,7 @@ def test_plan_refuses_unreachable_nodes_and_small_disks():
 
 
 # --- commands run for real on a scratch tree --------------------------------------------
+
 
 def sh(cmd: str) -> None:
     subprocess.run(["sh", "-c", cmd], check=True)
@@ -260,8 +386,12 @@ def test_save_and_put_back_restore_files_trees_and_data_dirs(tmp_path):
     sh(c.set_aside(data, "r1"))
     assert (tmp_path / "lib/etcd.bak-r1/default.etcd/member").is_dir() and not any((tmp_path / "lib/etcd").iterdir())
     (tmp_path / "lib/etcd/default.etcd").mkdir()
-    for cmd in (c.put_back_data(data, "r1"), c.put_back_file(conf, run), c.put_back_tree(tree, run),
-                c.put_back_file(str(tmp_path / "new"), run)):
+    for cmd in (
+        c.put_back_data(data, "r1"),
+        c.put_back_file(conf, run),
+        c.put_back_tree(tree, run),
+        c.put_back_file(str(tmp_path / "new"), run),
+    ):
         sh(cmd)
     assert (tmp_path / "etc/etcd.conf").read_text() == "old"
     assert sorted(p.name for p in (tmp_path / "etc/kube").iterdir()) == ["a"]
@@ -270,6 +400,7 @@ def test_save_and_put_back_restore_files_trees_and_data_dirs(tmp_path):
 
 
 # --- executor: undo in reverse order -----------------------------------------------------
+
 
 class FakeNode:
     def __init__(self, name, log, fail_on=None):
@@ -284,11 +415,12 @@ class FakeNode:
 def test_executor_undoes_started_destructive_steps_newest_first():
     log: list = []
     nodes = {"a": FakeNode("a", log), "b": FakeNode("b", log, fail_on="restore b")}
-    phases = [("stop", [Step(n, "stop", "stop", (Run(f"stop {n}"),), True, (Run(f"start {n}"),)) for n in "ab"]),
-              ("set-aside", [Step(n, "set-aside", "aside", (Run(f"aside {n}"),), True, (Run(f"back {n}"),))
-                             for n in "ab"]),
-              ("restore", [Step(n, "restore", "restore", (Run(f"restore {n}"),), True) for n in "ab"]),
-              ("start", [Step(n, "start", "start", (Run(f"go {n}"),), True, (Run(f"halt {n}"),)) for n in "ab"])]
+    phases = [
+        ("stop", [Step(n, "stop", "stop", (Run(f"stop {n}"),), True, (Run(f"start {n}"),)) for n in "ab"]),
+        ("set-aside", [Step(n, "set-aside", "aside", (Run(f"aside {n}"),), True, (Run(f"back {n}"),)) for n in "ab"]),
+        ("restore", [Step(n, "restore", "restore", (Run(f"restore {n}"),), True) for n in "ab"]),
+        ("start", [Step(n, "start", "start", (Run(f"go {n}"),), True, (Run(f"halt {n}"),)) for n in "ab"]),
+    ]
     report = Executor(nodes, None).run(phases)
     assert not report.ok and report.rolled_back
     assert "[restore: restore on b]" in report.error

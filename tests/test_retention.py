@@ -1,6 +1,6 @@
 """Retention as a pure function: keep the newest N plus age tiers, never the newest, never foreign or legacy."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,13 +11,22 @@ from etcd_backup.storage.memory import MemoryStorage
 
 pytestmark = pytest.mark.backup
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def make(when, cluster="uk8s-f1wymalx", complete=True, legacy=False):
     key = format_key(cluster, "3.5.1", when, "tar.gz" if legacy else "zstd", prefix="etcd")
-    return Backup(key=key, cluster_id=cluster, time=when, size=10, compression="zstd", encrypted=False,
-                  complete=complete and not legacy, legacy=legacy, manifest=None)
+    return Backup(
+        key=key,
+        cluster_id=cluster,
+        time=when,
+        size=10,
+        compression="zstd",
+        encrypted=False,
+        complete=complete and not legacy,
+        legacy=legacy,
+        manifest=None,
+    )
 
 
 def hourly_series(count, start=NOW):
@@ -121,20 +130,24 @@ def test_empty_list_plans_nothing():
     assert result.keep == [] and result.remove == []
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("7", Policy(keep_last=7)),
-    (7, Policy(keep_last=7)),
-    ("keep 7", Policy(keep_last=7)),
-    ("keep 7, daily 7, weekly 4", Policy(keep_last=7, daily=7, weekly=4)),
-    ("Keep=3; hourly 24; monthly: 12", Policy(keep_last=3, hourly=24, monthly=12)),
-    ("daily 7", Policy(keep_last=1, daily=7)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("7", Policy(keep_last=7)),
+        (7, Policy(keep_last=7)),
+        ("keep 7", Policy(keep_last=7)),
+        ("keep 7, daily 7, weekly 4", Policy(keep_last=7, daily=7, weekly=4)),
+        ("Keep=3; hourly 24; monthly: 12", Policy(keep_last=3, hourly=24, monthly=12)),
+        ("daily 7", Policy(keep_last=1, daily=7)),
+    ],
+)
 def test_policy_parses_readable_text(text, expected):
     assert Policy.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "keep", "keep -1", "keep 0", "0", "yearly 3", "keep 3, keep 4", "keep seven",
-                                  "keep 3 daily 4"])
+@pytest.mark.parametrize(
+    "text", ["", "keep", "keep -1", "keep 0", "0", "yearly 3", "keep 3, keep 4", "keep seven", "keep 3 daily 4"]
+)
 def test_policy_rejects_bad_text_clearly(text):
     with pytest.raises(ConfigError):
         Policy.parse(text)
@@ -149,9 +162,22 @@ def test_policy_prints_back_as_it_parses():
 def _stored(storage, when):
     key = format_key("uk8s-f1wymalx", "3.5.1", when, "zstd")
     storage.put(key, __import__("io").BytesIO(b"x" * 10))
-    manifest = Manifest(cluster="uk8s-f1wymalx", key=key, size=10, sha256="0" * 64, raw_size=10, raw_sha256="0" * 64,
-                        revision=1, revision_exact=True, key_count=1, etcd_version="3.5.1", source_member="etcd1",
-                        source_endpoint="https://127.0.0.1:2379", created=when, compression="zstd")
+    manifest = Manifest(
+        cluster="uk8s-f1wymalx",
+        key=key,
+        size=10,
+        sha256="0" * 64,
+        raw_size=10,
+        raw_sha256="0" * 64,
+        revision=1,
+        revision_exact=True,
+        key_count=1,
+        etcd_version="3.5.1",
+        source_member="etcd1",
+        source_endpoint="https://127.0.0.1:2379",
+        created=when,
+        compression="zstd",
+    )
     storage.put(key + ".manifest.json", __import__("io").BytesIO(manifest.to_json()))
     return key
 

@@ -178,7 +178,9 @@ def test_partial_uploads_are_never_listed(storage_backend, request):
         client = request.getfixturevalue("seaweedfs").client()
         bucket = storage_backend.bucket
         upload = client.create_multipart_upload(Bucket=bucket, Key="backups/p/partial.db")
-        client.upload_part(Bucket=bucket, Key="backups/p/partial.db", UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 8 * MiB)
+        client.upload_part(
+            Bucket=bucket, Key="backups/p/partial.db", UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 8 * MiB
+        )
     else:
         root = storage_backend.root if kind == "local" else storage_backend.directory
         with open(os.path.join(root, "p", ".partial.db.tmp-0123456789ab"), "wb") as half:
@@ -191,12 +193,20 @@ def test_partial_uploads_are_never_listed(storage_backend, request):
 def test_wrong_credentials_fail_clearly_without_the_secret(kind, seaweedfs, s3_bucket, ufile_proxy, backup_sshd):
     secret = "wrong-secret-c0ffee-" + kind
     if kind == "s3":
-        storage = S3Storage(s3_bucket, endpoint_url=seaweedfs.endpoint, access_key=seaweedfs.access_key, secret_key=secret)
+        storage = S3Storage(
+            s3_bucket, endpoint_url=seaweedfs.endpoint, access_key=seaweedfs.access_key, secret_key=secret
+        )
     elif kind == "ufile":
         storage = ufile_storage(seaweedfs.access_key, secret, "cn-bj", s3_bucket, endpoint_url=ufile_proxy.endpoint)
     else:
-        storage = SFTPStorage(backup_sshd.host, backup_sshd.port, backup_sshd.user, backup_sshd.directory,
-                              password=secret, known_hosts=backup_sshd.known_hosts())
+        storage = SFTPStorage(
+            backup_sshd.host,
+            backup_sshd.port,
+            backup_sshd.user,
+            backup_sshd.directory,
+            password=secret,
+            known_hosts=backup_sshd.known_hosts(),
+        )
     for attempt in (lambda: keys(storage), lambda: put_bytes(storage, "x.db", b"x")):
         with pytest.raises(StorageError) as caught:
             attempt()
@@ -213,20 +223,33 @@ def test_wrong_credentials_fail_clearly_without_the_secret(kind, seaweedfs, s3_b
 def test_unreachable_endpoint_is_transient(kind, backup_sshd):
     port = free_port()
     if kind == "s3":
-        storage = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{port}", access_key="a", secret_key="b", connect_timeout=2)
+        storage = S3Storage(
+            "bucket", endpoint_url=f"http://127.0.0.1:{port}", access_key="a", secret_key="b", connect_timeout=2
+        )
     elif kind == "ufile":
         storage = ufile_storage("a", "b", "cn-bj", "bucket", endpoint_url=f"http://127.0.0.1:{port}")
     else:
-        storage = SFTPStorage("127.0.0.1", port, "etcdbackup", "/backups", password="x",
-                              known_hosts=backup_sshd.known_hosts(port), timeout=5)
+        storage = SFTPStorage(
+            "127.0.0.1",
+            port,
+            "etcdbackup",
+            "/backups",
+            password="x",
+            known_hosts=backup_sshd.known_hosts(port),
+            timeout=5,
+        )
     with pytest.raises(TransientStorageError) as caught:
         keys(storage)
     assert str(port) in str(caught.value)
 
 
 def test_missing_bucket_is_a_clear_permanent_error(seaweedfs):
-    storage = S3Storage("no-such-bucket-here", endpoint_url=seaweedfs.endpoint,
-                        access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key)
+    storage = S3Storage(
+        "no-such-bucket-here",
+        endpoint_url=seaweedfs.endpoint,
+        access_key=seaweedfs.access_key,
+        secret_key=seaweedfs.secret_key,
+    )
     with pytest.raises(StorageError) as caught:
         keys(storage)
     assert not caught.value.transient
@@ -234,8 +257,14 @@ def test_missing_bucket_is_a_clear_permanent_error(seaweedfs):
 
 
 def test_s3_lists_across_pages(seaweedfs, s3_bucket):
-    storage = S3Storage(s3_bucket, "paged", endpoint_url=seaweedfs.endpoint, access_key=seaweedfs.access_key,
-                        secret_key=seaweedfs.secret_key, page_size=2)
+    storage = S3Storage(
+        s3_bucket,
+        "paged",
+        endpoint_url=seaweedfs.endpoint,
+        access_key=seaweedfs.access_key,
+        secret_key=seaweedfs.secret_key,
+        page_size=2,
+    )
     for n in range(5):
         put_bytes(storage, f"k{n}", b"x")
     assert keys(storage) == [f"k{n}" for n in range(5)]
@@ -243,7 +272,9 @@ def test_s3_lists_across_pages(seaweedfs, s3_bucket):
 
 @pytest.mark.slow
 def test_ufile_uploads_in_fixed_8mib_parts(seaweedfs, s3_bucket, ufile_proxy):
-    storage = ufile_storage(seaweedfs.access_key, seaweedfs.secret_key, "cn-bj", s3_bucket, endpoint_url=ufile_proxy.endpoint)
+    storage = ufile_storage(
+        seaweedfs.access_key, seaweedfs.secret_key, "cn-bj", s3_bucket, endpoint_url=ufile_proxy.endpoint
+    )
     size = 20 * MiB + 123  # above the proxy's 16 MiB PutObject limit
     storage.put("c/multi.db", PseudoRandom(size))
     parts = [r for r in ufile_proxy.requests if r.startswith("PUT ") and "partNumber=" in r]
@@ -262,7 +293,9 @@ def test_ufile_region_is_validated(region):
 def test_ufile_endpoints():
     assert ufile_endpoint("cn-bj") == "https://s3-cn-bj.ufileos.com"
     assert ufile_endpoint("idn-jakarta", internal=True) == "http://internal.s3-idn-jakarta.ufileos.com"
-    assert ufile_storage("pub", "priv", "hk", "bucket", "p").describe() == "ufile://bucket/p/ at https://s3-hk.ufileos.com"
+    assert (
+        ufile_storage("pub", "priv", "hk", "bucket", "p").describe() == "ufile://bucket/p/ at https://s3-hk.ufileos.com"
+    )
 
 
 def test_local_files_and_directories_are_private(tmp_path):
@@ -273,8 +306,14 @@ def test_local_files_and_directories_are_private(tmp_path):
 
 
 def test_sftp_files_are_private(backup_sshd):
-    storage = SFTPStorage(backup_sshd.host, backup_sshd.port, backup_sshd.user, f"{backup_sshd.directory}/private",
-                          private_key=backup_sshd.private_key, known_hosts=backup_sshd.known_hosts())
+    storage = SFTPStorage(
+        backup_sshd.host,
+        backup_sshd.port,
+        backup_sshd.user,
+        f"{backup_sshd.directory}/private",
+        private_key=backup_sshd.private_key,
+        known_hosts=backup_sshd.known_hosts(),
+    )
     put_bytes(storage, "c/one.db", b"secret etcd data")
     assert os.stat(f"{backup_sshd.directory}/private/c/one.db").st_mode & 0o777 == 0o600
     storage.close()
@@ -283,8 +322,14 @@ def test_sftp_files_are_private(backup_sshd):
 @pytest.mark.parametrize("subdir", ["", "/deeper"])
 def test_sftp_unwritable_directory_names_host_and_path(backup_sshd, subdir):
     directory = backup_sshd.readonly_directory + subdir
-    storage = SFTPStorage(backup_sshd.host, backup_sshd.port, backup_sshd.user, directory,
-                          password=backup_sshd.password, host_fingerprint=backup_sshd.fingerprint)
+    storage = SFTPStorage(
+        backup_sshd.host,
+        backup_sshd.port,
+        backup_sshd.user,
+        directory,
+        password=backup_sshd.password,
+        host_fingerprint=backup_sshd.fingerprint,
+    )
     with pytest.raises(StorageError) as caught:
         put_bytes(storage, "c/one.db", b"x")
     assert not caught.value.transient
@@ -294,8 +339,14 @@ def test_sftp_unwritable_directory_names_host_and_path(backup_sshd, subdir):
 
 
 def test_sftp_password_login_with_pinned_fingerprint(backup_sshd):
-    storage = SFTPStorage(backup_sshd.host, backup_sshd.port, backup_sshd.user, f"{backup_sshd.directory}/pw",
-                          password=backup_sshd.password, host_fingerprint=backup_sshd.fingerprint)
+    storage = SFTPStorage(
+        backup_sshd.host,
+        backup_sshd.port,
+        backup_sshd.user,
+        f"{backup_sshd.directory}/pw",
+        password=backup_sshd.password,
+        host_fingerprint=backup_sshd.fingerprint,
+    )
     put_bytes(storage, "one.db", b"x")
     assert keys(storage) == ["one.db"]
     storage.close()
@@ -303,8 +354,14 @@ def test_sftp_password_login_with_pinned_fingerprint(backup_sshd):
 
 @pytest.mark.parametrize("pinned", [None, "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"])
 def test_sftp_unknown_host_key_is_refused_clearly(backup_sshd, pinned):
-    storage = SFTPStorage(backup_sshd.host, backup_sshd.port, backup_sshd.user, backup_sshd.directory,
-                          private_key=backup_sshd.private_key, host_fingerprint=pinned)
+    storage = SFTPStorage(
+        backup_sshd.host,
+        backup_sshd.port,
+        backup_sshd.user,
+        backup_sshd.directory,
+        private_key=backup_sshd.private_key,
+        host_fingerprint=pinned,
+    )
     with pytest.raises(StorageError) as caught:
         keys(storage)
     assert not caught.value.transient

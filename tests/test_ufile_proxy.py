@@ -15,10 +15,13 @@ MiB = 1024 * 1024
 
 
 def client(seaweedfs, proxy, checksums: str = "when_required"):
-    config = botocore.config.Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                                    retries={"max_attempts": 1},
-                                    request_checksum_calculation=checksums,
-                                    response_checksum_validation="when_required")
+    config = botocore.config.Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 1},
+        request_checksum_calculation=checksums,
+        response_checksum_validation="when_required",
+    )
     return seaweedfs.client(endpoint_url=proxy.endpoint, config=config)
 
 
@@ -26,10 +29,13 @@ def upload_parts(s3, bucket: str, sizes: list[int]):
     upload = s3.create_multipart_upload(Bucket=bucket, Key="obj")
     parts = []
     for number, size in enumerate(sizes, 1):
-        answer = s3.upload_part(Bucket=bucket, Key="obj", UploadId=upload["UploadId"], PartNumber=number, Body=b"p" * size)
+        answer = s3.upload_part(
+            Bucket=bucket, Key="obj", UploadId=upload["UploadId"], PartNumber=number, Body=b"p" * size
+        )
         parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-    return lambda: s3.complete_multipart_upload(Bucket=bucket, Key="obj", UploadId=upload["UploadId"],
-                                                MultipartUpload={"Parts": parts})
+    return lambda: s3.complete_multipart_upload(
+        Bucket=bucket, Key="obj", UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
 
 
 def refused(call) -> str:
@@ -61,7 +67,9 @@ def test_a_part_over_8mib_is_refused_at_once(seaweedfs, s3_bucket, ufile_proxy):
 
 def test_content_md5_is_refused(seaweedfs, s3_bucket, ufile_proxy):
     s3 = client(seaweedfs, ufile_proxy)
-    message = refused(lambda: s3.put_object(Bucket=s3_bucket, Key="k", Body=b"abc", ContentMD5="kAFQmDzST7DWlj99KOF/cg=="))
+    message = refused(
+        lambda: s3.put_object(Bucket=s3_bucket, Key="k", Body=b"abc", ContentMD5="kAFQmDzST7DWlj99KOF/cg==")
+    )
     assert "Content-MD5" in message
 
 

@@ -48,6 +48,7 @@ def check_member(access: etcd.EtcdAccess, spec: ClusterSpec, name: str) -> list[
     lines = sorted(f"{m.name or '(unstarted)'}={','.join(m.peer_urls)}" for m in found)
     peer = spec.peer_url(spec.node(name))
     if not any(m.name == name and peer in m.peer_urls for m in found) or any(not m.name for m in found):
-        raise RestoreRefused(f"member list is {lines}: expected every member started and {name}={peer}",
-                             step="check members", node=name)
+        raise RestoreRefused(
+            f"member list is {lines}: expected every member started and {name}={peer}", step="check members", node=name
+        )
     return lines

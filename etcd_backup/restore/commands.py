@@ -45,24 +45,30 @@ def saved(path: str, run: str) -> str:
 def save(path: str, run: str) -> str:
     """Keep a copy of a file or directory under the run dir, once (the first copy is the original)."""
     keep = saved(path, run)
-    return (f"if [ -e {q(path)} ] && [ ! -e {q(keep)} ]; then mkdir -p {q(posixpath.dirname(keep))} && "
-            f"cp -a {q(path)} {q(posixpath.dirname(keep))}/; fi")
+    return (
+        f"if [ -e {q(path)} ] && [ ! -e {q(keep)} ]; then mkdir -p {q(posixpath.dirname(keep))} && "
+        f"cp -a {q(path)} {q(posixpath.dirname(keep))}/; fi"
+    )
 
 
 def put_back_file(path: str, run: str) -> str:
     """Undo for a file: write the kept copy back in place, or move a file that was not there into run/undone."""
     keep, undone = saved(path, run), f"{run}/undone{path}"
-    return (f"if [ -e {q(keep)} ]; then cat {q(keep)} > {q(path)} && chmod --reference={q(keep)} {q(path)}; "
-            f"elif [ -e {q(path)} ]; then mkdir -p {q(posixpath.dirname(undone))} && mv {q(path)} {q(undone)}; fi")
+    return (
+        f"if [ -e {q(keep)} ]; then cat {q(keep)} > {q(path)} && chmod --reference={q(keep)} {q(path)}; "
+        f"elif [ -e {q(path)} ]; then mkdir -p {q(posixpath.dirname(undone))} && mv {q(path)} {q(undone)}; fi"
+    )
 
 
 def put_back_tree(path: str, run: str) -> str:
     """Undo for a directory: move its contents into run/undone, then copy the kept contents back."""
     keep, undone = saved(path, run), f"{run}/undone{path}"
-    return (f"if [ -d {q(path)} ]; then mkdir -p {q(undone)} && cp -a {q(path)}/. {q(undone)}/ && "
-            f"find {q(path)} -mindepth 1 -delete; fi; "
-            f"if [ -d {q(keep)} ]; then mkdir -p {q(path)} && cp -a {q(keep)}/. {q(path)}/; "
-            f"else rmdir {q(path)} 2>/dev/null || true; fi")
+    return (
+        f"if [ -d {q(path)} ]; then mkdir -p {q(undone)} && cp -a {q(path)}/. {q(undone)}/ && "
+        f"find {q(path)} -mindepth 1 -delete; fi; "
+        f"if [ -d {q(keep)} ]; then mkdir -p {q(path)} && cp -a {q(keep)}/. {q(path)}/; "
+        f"else rmdir {q(path)} 2>/dev/null || true; fi"
+    )
 
 
 def set_aside(data_dir: str, run_id: str) -> str:
@@ -74,9 +80,11 @@ def set_aside(data_dir: str, run_id: str) -> str:
 def put_back_data(data_dir: str, run_id: str) -> str:
     """Undo of set_aside: move what the restore made into the run dir, then move the old data dir back."""
     home, aside, run = data_home(data_dir), aside_dir(data_dir, run_id), run_dir(data_dir, run_id)
-    return (f"if [ -e {q(aside)} ] || [ -e {q(home)} ]; then "
-            f"if [ -e {q(home)} ]; then mkdir -p {q(run)} && mv {q(home)} {q(run)}/restored-data; fi; "
-            f"if [ -e {q(aside)} ]; then mv {q(aside)} {q(home)}; fi; fi")
+    return (
+        f"if [ -e {q(aside)} ] || [ -e {q(home)} ]; then "
+        f"if [ -e {q(home)} ]; then mkdir -p {q(run)} && mv {q(home)} {q(run)}/restored-data; fi; "
+        f"if [ -e {q(aside)} ]; then mv {q(aside)} {q(home)}; fi; fi"
+    )
 
 
 def start_bounded(unit: str = "etcd", wait: int = START_WAIT) -> str:
@@ -106,11 +114,26 @@ def restore_tool(version: tuple[int, int, int], has_etcdutl: bool) -> str | None
     return "etcdctl" if version < (3, 6, 0) else None
 
 
-def restore_snapshot(tool_path: str, tool: str, snapshot: str, *, name: str, peer_url: str, initial_cluster: str,
-                     token: str, data_dir: str, bump: bool) -> str:
+def restore_snapshot(
+    tool_path: str,
+    tool: str,
+    snapshot: str,
+    *,
+    name: str,
+    peer_url: str,
+    initial_cluster: str,
+    token: str,
+    data_dir: str,
+    bump: bool,
+) -> str:
     """The `snapshot restore` command of one member (etcdctl needs ETCDCTL_API=3)."""
-    args = [f"--name={name}", f"--initial-cluster={initial_cluster}", f"--initial-cluster-token={token}",
-            f"--initial-advertise-peer-urls={peer_url}", f"--data-dir={data_dir}"]
+    args = [
+        f"--name={name}",
+        f"--initial-cluster={initial_cluster}",
+        f"--initial-cluster-token={token}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--data-dir={data_dir}",
+    ]
     if bump:
         args += [f"--bump-revision={BUMP_REVISION}", "--mark-compacted"]
     prefix = "ETCDCTL_API=3 " if tool == "etcdctl" else ""

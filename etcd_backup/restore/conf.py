@@ -21,8 +21,9 @@ def replace_ip(line: str, old: str, new: str) -> str:
     return re.sub(rf"(?<![0-9.]){re.escape(old)}(?![0-9])", new, line)
 
 
-def rewrite_conf(text: str, *, name: str, source_ip: str, node_ip: str, initial_cluster: str, token: str,
-                 state: str = "existing") -> str:
+def rewrite_conf(
+    text: str, *, name: str, source_ip: str, node_ip: str, initial_cluster: str, token: str, state: str = "existing"
+) -> str:
     """etcd.conf for member `name` at node_ip, made from a config written for source_ip.
 
     Like the runbook's loop: ETCD_NAME becomes the member's name and the source node's IP
@@ -32,8 +33,12 @@ def rewrite_conf(text: str, *, name: str, source_ip: str, node_ip: str, initial_
     `snapshot restore`), and "existing" keeps a later start on an emptied data dir from
     founding a second cluster.
     """
-    values = {"ETCD_NAME": name, "ETCD_INITIAL_CLUSTER": f'"{initial_cluster}"',
-              "ETCD_INITIAL_CLUSTER_TOKEN": f'"{token}"', "ETCD_INITIAL_CLUSTER_STATE": f'"{state}"'}
+    values = {
+        "ETCD_NAME": name,
+        "ETCD_INITIAL_CLUSTER": f'"{initial_cluster}"',
+        "ETCD_INITIAL_CLUSTER_TOKEN": f'"{token}"',
+        "ETCD_INITIAL_CLUSTER_STATE": f'"{state}"',
+    }
     lines, seen = [], set()
     for line in text.splitlines():
         key = _key(line)

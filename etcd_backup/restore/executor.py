@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from etcd_backup.errors import EtcdBackupError
 from etcd_backup.nodes import Node
@@ -45,8 +45,13 @@ class ExecutionReport:
 class Executor:
     """Runs the steps of a plan on Nodes; `checks` maps a Check name to a callable(timeout) run in this process."""
 
-    def __init__(self, nodes: dict[str, Node], snapshot_path: str | None,
-                 checks: dict[str, Callable[[float], object]] | None = None, logger=None):
+    def __init__(
+        self,
+        nodes: dict[str, Node],
+        snapshot_path: str | None,
+        checks: dict[str, Callable[[float], object]] | None = None,
+        logger=None,
+    ):
         self.nodes, self.snapshot_path, self.checks = nodes, snapshot_path, checks or {}
         self.log = logger or log
         self.report = ExecutionReport()

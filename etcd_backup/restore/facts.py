@@ -63,11 +63,15 @@ class RestoreFacts:
 def script(layout: NodeLayout) -> str:
     """The shell script that reads one node's restore facts in one SSH command."""
     return _SCRIPT.format(
-        etcd_conf=shlex.quote(layout.etcd_conf), services=" ".join(KUBE_SERVICES),
-        hyperkube=shlex.quote(layout.hyperkube), kubectl=shlex.quote(layout.kubectl),
+        etcd_conf=shlex.quote(layout.etcd_conf),
+        services=" ".join(KUBE_SERVICES),
+        hyperkube=shlex.quote(layout.hyperkube),
+        kubectl=shlex.quote(layout.kubectl),
         kubeconfig=shlex.quote(posixpath.join(layout.kubeconfig_dir, "config")),
-        apiserver_conf=shlex.quote(layout.apiserver_conf), network=shlex.quote(layout.network_scripts),
-        unit_dir=shlex.quote(layout.unit_dir))
+        apiserver_conf=shlex.quote(layout.apiserver_conf),
+        network=shlex.quote(layout.network_scripts),
+        unit_dir=shlex.quote(layout.unit_dir),
+    )
 
 
 def parse(base: facts.NodeFacts, output: str) -> RestoreFacts:
@@ -78,16 +82,24 @@ def parse(base: facts.NodeFacts, output: str) -> RestoreFacts:
     except binascii.Error:
         conf = None
     return RestoreFacts(
-        node=base, conf_text=conf, etcd_enabled=values.get("etcd_enabled", "").strip() == "enabled",
+        node=base,
+        conf_text=conf,
+        etcd_enabled=values.get("etcd_enabled", "").strip() == "enabled",
         kube_active=tuple(u for u in KUBE_SERVICES if values.get(f"active.{u}", "").strip() == "active"),
         files={k: values.get(k) == "1" for k in (*CONTROL_PLANE_FILES, *IFCFG)},
-        kube_units=tuple(values.get("kube_units", "").split()))
+        kube_units=tuple(values.get("kube_units", "").split()),
+    )
 
 
 def gather_one(spec: ClusterSpec, member: MasterNode, *, timeout: float = 30.0) -> RestoreFacts:
     """A node's base and restore facts from one SSH command (only the error when it is unreachable)."""
-    out = facts.probe(spec, member, facts.script(spec.layout) + script(spec.layout),
-                      "etcd files, version, service, data dir, etcd.conf, kube services", timeout=timeout)
+    out = facts.probe(
+        spec,
+        member,
+        facts.script(spec.layout) + script(spec.layout),
+        "etcd files, version, service, data dir, etcd.conf, kube services",
+        timeout=timeout,
+    )
     if isinstance(out, facts.NodeFacts):
         return RestoreFacts(node=out)
     return parse(facts.parse(member, out), out)

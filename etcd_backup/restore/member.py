@@ -60,8 +60,11 @@ def failed_member(spec: ClusterSpec, node: MasterNode, members: list[MemberInfo]
     found = {m.id: m for m in members if m.name == node.name or peer in m.peer_urls}
     if len(found) > 1:
         listed = ", ".join(f"{m.hex_id} ({m.name or 'unstarted'} {','.join(m.peer_urls)})" for m in found.values())
-        raise RestoreRefused(f"more than one member matches {node.name} or {peer}: {listed}; remove the wrong one "
-                             "by hand first", step="check members", node=node.name)
+        raise RestoreRefused(
+            f"more than one member matches {node.name} or {peer}: {listed}; remove the wrong one by hand first",
+            step="check members",
+            node=node.name,
+        )
     return next(iter(found.values()), None)
 
 
@@ -69,38 +72,57 @@ def _ok(spec: ClusterSpec, health: dict[str, str], node: MasterNode) -> bool:
     return health.get(spec.client_url(node)) == "ok"
 
 
-def check_cluster(spec: ClusterSpec, node: MasterNode, members: list[MemberInfo] | None,
-                  health: dict[str, str]) -> list[MemberInfo]:
+def check_cluster(
+    spec: ClusterSpec, node: MasterNode, members: list[MemberInfo] | None, health: dict[str, str]
+) -> list[MemberInfo]:
     """Refuse unless quorum holds, the node has failed and the others keep quorum once it is re-added; the others."""
     count = len(members) if members else len(spec.nodes)
     if members is None or not quorum_healthy(health, count):
         ok = sorted(e for e, s in health.items() if s == "ok")
-        raise RestoreRefused(f"quorum is lost ({len(ok)} of {count} members answer{': ' if ok else ''}"
-                             f"{', '.join(ok)}); members cannot be replaced: restore the whole cluster from a "
-                             f"backup with the flow {RESTORE_CLUSTER}", step="check quorum")
+        raise RestoreRefused(
+            f"quorum is lost ({len(ok)} of {count} members answer{': ' if ok else ''}"
+            f"{', '.join(ok)}); members cannot be replaced: restore the whole cluster from a "
+            f"backup with the flow {RESTORE_CLUSTER}",
+            step="check quorum",
+        )
     if _ok(spec, health, node):
-        raise RestoreRefused(f"{node.name} answers health checks: its member has not failed; nothing to replace",
-                             step="check quorum", node=node.name)
+        raise RestoreRefused(
+            f"{node.name} answers health checks: its member has not failed; nothing to replace",
+            step="check quorum",
+            node=node.name,
+        )
     gone = failed_member(spec, node, members)
     others = [m for m in members if gone is None or m.id != gone.id]
     by_name = {n.name: n for n in spec.nodes}
     for m in others:
         known = by_name.get(m.name)
         if known is None or spec.peer_url(known) not in m.peer_urls:
-            raise RestoreRefused(f"member {m.hex_id} ({m.name or 'unstarted'}, {','.join(m.peer_urls)}) is not a "
-                                 "node of the cluster block; fix the member list or the block first",
-                                 step="check members")
+            raise RestoreRefused(
+                f"member {m.hex_id} ({m.name or 'unstarted'}, {','.join(m.peer_urls)}) is not a "
+                "node of the cluster block; fix the member list or the block first",
+                step="check members",
+            )
     healthy = sum(1 for m in others if _ok(spec, health, by_name[m.name]))
     if healthy <= (len(others) + 1) // 2:
-        raise RestoreRefused(f"only {healthy} of the other {len(others)} members are healthy: adding {node.name} "
-                             f"back would leave no quorum while it starts; use {RESTORE_CLUSTER}",
-                             step="check quorum", node=node.name)
+        raise RestoreRefused(
+            f"only {healthy} of the other {len(others)} members are healthy: adding {node.name} "
+            f"back would leave no quorum while it starts; use {RESTORE_CLUSTER}",
+            step="check quorum",
+            node=node.name,
+        )
     return others
 
 
-def choose_healthy(spec: ClusterSpec, facts: list[RestoreFacts], health: dict[str, str], failed: str,
-                   wanted: str | None, control_plane: bool) -> RestoreFacts:
+def choose_healthy(
+    spec: ClusterSpec,
+    facts: list[RestoreFacts],
+    health: dict[str, str],
+    failed: str,
+    wanted: str | None,
+    control_plane: bool,
+) -> RestoreFacts:
     """The node to copy files from and run etcdctl on: the given one, or a healthy one with every file."""
+
     def why_not(f: RestoreFacts) -> str | None:
         if not f.node.reachable:
             return f.node.error or "not reachable"
@@ -113,13 +135,15 @@ def choose_healthy(spec: ClusterSpec, facts: list[RestoreFacts], health: dict[st
         if control_plane and not f.has_control_plane:
             return "restore_control_plane needs hyperkube, kubectl, ~/.kube, the apiserver config and kube-* units"
         return None
+
     if wanted:
         f = next((f for f in facts if wanted in (f.name, f.node.ip)), None)
         if f is None or f.name == failed:
             raise RestoreRefused(f"healthy node {wanted!r} is not another node of the cluster", step="choose healthy")
         if why_not(f):
-            raise RestoreRefused(f"cannot use {f.name} as the healthy node: {why_not(f)}", step="choose healthy",
-                                 node=f.name)
+            raise RestoreRefused(
+                f"cannot use {f.name} as the healthy node: {why_not(f)}", step="choose healthy", node=f.name
+            )
         return f
     fit = [f for f in facts if f.name != failed and not why_not(f)]
     if not fit:
@@ -141,33 +165,54 @@ def retrying(command: str, tries: int = TRIES, done_if: str | None = None) -> st
     """
     done = f'*"{done_if}"*) echo "$out"; exit 0;; ' if done_if else ""
     again = "|".join(f'*"{t}"*' for t in TRANSIENT)
-    return (f'(i=0; while :; do out=$({command} 2>&1) && {{ echo "$out"; exit 0; }}; i=$((i+1)); '
-            f'case "$out" in {done}{again}) [ $i -lt {tries} ] || break; sleep 2;; *) break;; esac; done; '
-            f'echo "$out" >&2; exit 1)')
+    return (
+        f'(i=0; while :; do out=$({command} 2>&1) && {{ echo "$out"; exit 0; }}; i=$((i+1)); '
+        f'case "$out" in {done}{again}) [ $i -lt {tries} ] || break; sleep 2;; *) break;; esac; done; '
+        f'echo "$out" >&2; exit 1)'
+    )
 
 
 def remove_by_peer(spec: ClusterSpec, endpoints: list[str], peer_url: str) -> str:
     """Undo of `member add`: remove the member with this peer URL, if there is one."""
     listing = etcdctl(spec, endpoints, "member list")
     remove = etcdctl(spec, endpoints, 'member remove "$id"')
-    return (f"id=$({listing} | awk -F', ' '$4 == \"{peer_url}\" {{print $1}}'); "
-            f'if [ -n "$id" ]; then {remove}; fi')
+    return f"id=$({listing} | awk -F', ' '$4 == \"{peer_url}\" {{print $1}}'); if [ -n \"$id\" ]; then {remove}; fi"
 
 
-def membership(spec: ClusterSpec, node: MasterNode, healthy: str, gone: MemberInfo | None,
-               endpoints: list[str]) -> list[Step]:
+def membership(
+    spec: ClusterSpec, node: MasterNode, healthy: str, gone: MemberInfo | None, endpoints: list[str]
+) -> list[Step]:
     """`member remove <id>` (when still a member) and `member add <name> --peer-urls=<url>` on the healthy node."""
     peer = spec.peer_url(node)
     out = []
     if gone is not None:
-        out.append(Step(healthy, "remove", f"member remove {gone.hex_id} ({node.name})",
-                        (Run(retrying(etcdctl(spec, endpoints, f"member remove {gone.hex_id}"), done_if="member not found"),
-                             timeout=120),), destructive=True,
-                        note=f"cannot be undone: after a failure {node.name} stays out of the member list; "
-                             "run the flow again to add it"))
+        out.append(
+            Step(
+                healthy,
+                "remove",
+                f"member remove {gone.hex_id} ({node.name})",
+                (
+                    Run(
+                        retrying(etcdctl(spec, endpoints, f"member remove {gone.hex_id}"), done_if="member not found"),
+                        timeout=120,
+                    ),
+                ),
+                destructive=True,
+                note=f"cannot be undone: after a failure {node.name} stays out of the member list; "
+                "run the flow again to add it",
+            )
+        )
     add = etcdctl(spec, endpoints, f"member add {shlex.quote(node.name)} --peer-urls={peer}")
-    out.append(Step(healthy, "add", f"member add {node.name}", (Run(retrying(add), timeout=120),),
-                    destructive=True, undo=(Run(remove_by_peer(spec, endpoints, peer)),)))
+    out.append(
+        Step(
+            healthy,
+            "add",
+            f"member add {node.name}",
+            (Run(retrying(add), timeout=120),),
+            destructive=True,
+            undo=(Run(remove_by_peer(spec, endpoints, peer)),),
+        )
+    )
     return out
 
 
@@ -186,21 +231,44 @@ def refill(f: RestoreFacts, source: RestoreFacts, spec: ClusterSpec, run: str, c
     if source.node.files.get("etcdutl_bin"):
         items.append((layout.etcdutl_bin, False, True))
     items += [(layout.etcd_conf_dir, True, False), (layout.kubernetes_dir, True, False), (layout.unit, False, False)]
-    out = [steps.copy_step(f.name, "refill", f"copy etcd files from {source.name}", source.name, items, run,
-                           after=("systemctl daemon-reload",))]
+    out = [
+        steps.copy_step(
+            f.name,
+            "refill",
+            f"copy etcd files from {source.name}",
+            source.name,
+            items,
+            run,
+            after=("systemctl daemon-reload",),
+        )
+    ]
     if source.files.get("apiserver_conf") and not control_plane:  # the copy names the source's IP
         sed = c.set_advertise_address(layout.apiserver_conf, spec.node(f.name).ip)
-        out.append(Step(f.name, "refill", "keep this node's IP as --advertise-address in the copied apiserver config",
-                        (Run(c.save(layout.apiserver_conf, run)), Run(sed)), destructive=True,
-                        undo=(Run(c.put_back_file(layout.apiserver_conf, run)),)))
+        out.append(
+            Step(
+                f.name,
+                "refill",
+                "keep this node's IP as --advertise-address in the copied apiserver config",
+                (Run(c.save(layout.apiserver_conf, run)), Run(sed)),
+                destructive=True,
+                undo=(Run(c.put_back_file(layout.apiserver_conf, run)),),
+            )
+        )
     return out
 
 
 def member_conf(source: RestoreFacts, spec: ClusterSpec, node: MasterNode, initial_cluster: str) -> str:
     """Runbook step 4: the source's etcd.conf with this member's name and IP, state "existing", the member list."""
     token = parse_env_file(source.conf_text or "").get("ETCD_INITIAL_CLUSTER_TOKEN", "etcd-cluster")
-    return rewrite_conf(source.conf_text or "", name=node.name, source_ip=spec.node(source.name).ip, node_ip=node.ip,
-                        initial_cluster=initial_cluster, token=token, state="existing")
+    return rewrite_conf(
+        source.conf_text or "",
+        name=node.name,
+        source_ip=spec.node(source.name).ip,
+        node_ip=node.ip,
+        initial_cluster=initial_cluster,
+        token=token,
+        state="existing",
+    )
 
 
 def initial_cluster(spec: ClusterSpec, node: MasterNode, others: list[MemberInfo]) -> str:
@@ -210,47 +278,76 @@ def initial_cluster(spec: ClusterSpec, node: MasterNode, others: list[MemberInfo
     return ",".join(f"{name}={url}" for name, url in sorted(entries, key=lambda e: order.get(e[0], len(order))))
 
 
-def plan_member_replacement(spec: ClusterSpec, facts: list[RestoreFacts], members: list[MemberInfo] | None,
-                            health: dict[str, str], failed: str, healthy: str | None,
-                            options: RestoreOptions) -> MemberPlan:
+def plan_member_replacement(
+    spec: ClusterSpec,
+    facts: list[RestoreFacts],
+    members: list[MemberInfo] | None,
+    health: dict[str, str],
+    failed: str,
+    healthy: str | None,
+    options: RestoreOptions,
+) -> MemberPlan:
     """The ordered steps that replace the failed node's member while quorum holds (runbook 3.1.1 / 3.2.1)."""
     try:
         node = spec.node(failed)
     except ConfigError:
-        raise RestoreRefused(f"{failed!r} is not a node of cluster {spec.cluster_id} (nodes: "
-                             f"{', '.join(n.name for n in spec.nodes)})", step="check nodes") from None
+        raise RestoreRefused(
+            f"{failed!r} is not a node of cluster {spec.cluster_id} (nodes: {', '.join(n.name for n in spec.nodes)})",
+            step="check nodes",
+        ) from None
     others = check_cluster(spec, node, members, health)
     gone = failed_member(spec, node, members or [])
     f = next(x for x in facts if x.name == node.name)
     if not f.node.reachable:
-        raise RestoreRefused(f"{node.name} ({node.ip}) must be reachable with a verified host key: {f.node.error}",
-                             step="check nodes", node=node.name)
+        raise RestoreRefused(
+            f"{node.name} ({node.ip}) must be reachable with a verified host key: {f.node.error}",
+            step="check nodes",
+            node=node.name,
+        )
     source = choose_healthy(spec, facts, health, node.name, healthy, options.restore_control_plane)
     run, endpoints = c.run_dir(spec.layout.data_dir, options.run_id), [e for e, s in health.items() if s == "ok"]
     initial = initial_cluster(spec, node, others)
-    plan: list[Step | None] = [stop_etcd(f), *refill(f, source, spec, run, options.restore_control_plane),
-                               steps.configure(f.name, spec.layout.etcd_conf,
-                                               member_conf(source, spec, node, initial), run),
-                               steps.set_aside(f.name, spec.layout, options.run_id),
-                               *membership(spec, node, source.name, gone, endpoints), steps.start(f),
-                               Step(CLUSTER, "check", "every member started and healthy, the new member listed",
-                                    (Check("healthy"), Check("member"), Check("data")))]
+    plan: list[Step | None] = [
+        stop_etcd(f),
+        *refill(f, source, spec, run, options.restore_control_plane),
+        steps.configure(f.name, spec.layout.etcd_conf, member_conf(source, spec, node, initial), run),
+        steps.set_aside(f.name, spec.layout, options.run_id),
+        *membership(spec, node, source.name, gone, endpoints),
+        steps.start(f),
+        Step(
+            CLUSTER,
+            "check",
+            "every member started and healthy, the new member listed",
+            (Check("healthy"), Check("member"), Check("data")),
+        ),
+    ]
     if options.restore_control_plane:
         plan += steps.control_plane(f, source, node.ip, spec.layout, run)
-    return MemberPlan(cluster_id=spec.cluster_id, failed=node.name, healthy=source.name, run_id=options.run_id,
-                      peer_url=spec.peer_url(node), remove_id=gone.hex_id if gone else None, initial_cluster=initial,
-                      steps=tuple(s for s in plan if s is not None),
-                      notes=_notes(node, source, gone, run, spec, options))
+    return MemberPlan(
+        cluster_id=spec.cluster_id,
+        failed=node.name,
+        healthy=source.name,
+        run_id=options.run_id,
+        peer_url=spec.peer_url(node),
+        remove_id=gone.hex_id if gone else None,
+        initial_cluster=initial,
+        steps=tuple(s for s in plan if s is not None),
+        notes=_notes(node, source, gone, run, spec, options),
+    )
 
 
 def _notes(node, source, gone, run, spec, options) -> tuple[str, ...]:
     aside = c.aside_dir(spec.layout.data_dir, options.run_id)
-    notes = [f"files are copied from the healthy node {source.name}, and etcdctl runs there",
-             f"{node.name}'s old data dir is moved to {aside}; copies of every file changed are kept under {run}/saved",
-             "membership changes come last: every file and the data dir are prepared first"]
+    notes = [
+        f"files are copied from the healthy node {source.name}, and etcdctl runs there",
+        f"{node.name}'s old data dir is moved to {aside}; copies of every file changed are kept under {run}/saved",
+        "membership changes come last: every file and the data dir are prepared first",
+    ]
     if gone is None:
         notes.append(f"{node.name} is not in the member list (removed before): it is only added")
     else:
-        notes.append(f"if a step after `member remove` fails, {node.name}'s files and data dir are put back but it "
-                     "stays out of the member list (its old data cannot rejoin); run the flow again to add it")
+        notes.append(
+            f"if a step after `member remove` fails, {node.name}'s files and data dir are put back but it "
+            "stays out of the member list (its old data cannot rejoin); run the flow again to add it"
+        )
     return tuple(notes)

@@ -74,9 +74,12 @@ def refuse_if_quorum(health: dict[str, str], members: int, force: bool) -> None:
     """Refuse a whole-cluster restore while quorum holds (replace members instead), unless forced."""
     if quorum_healthy(health, members) and not force:
         ok = sorted(e for e, s in health.items() if s == "ok")
-        raise RestoreRefused(f"quorum is healthy ({len(ok)} of {members} members answer: {', '.join(ok)}); "
-                             "replace the failed members with the flow etcd-restore-member instead, or pass "
-                             "force=True to restore the whole cluster from a backup anyway", step="check quorum")
+        raise RestoreRefused(
+            f"quorum is healthy ({len(ok)} of {members} members answer: {', '.join(ok)}); "
+            "replace the failed members with the flow etcd-restore-member instead, or pass "
+            "force=True to restore the whole cluster from a backup anyway",
+            step="check quorum",
+        )
 
 
 def choose_retained(facts: list[RestoreFacts], wanted: str | None = None) -> RestoreFacts:
@@ -91,8 +94,11 @@ def choose_retained(facts: list[RestoreFacts], wanted: str | None = None) -> Res
         return f
     full = [f for f in facts if f.node.reachable and not f.missing]
     if not full:
-        raise RestoreRefused("no reachable node still has the etcd binaries, /etc/etcd, /etc/kubernetes and the "
-                             "unit; restore those files on one node by hand first", step="choose retained")
+        raise RestoreRefused(
+            "no reachable node still has the etcd binaries, /etc/etcd, /etc/kubernetes and the "
+            "unit; restore those files on one node by hand first",
+            step="choose retained",
+        )
     return max(full, key=lambda f: (f.has_control_plane, f.node.etcd_active, f.node.data_dir_present))
 
 
@@ -100,11 +106,16 @@ def check_nodes(facts: list[RestoreFacts], snapshot: SnapshotInfo) -> None:
     """Refuse when a node is unreachable or lacks the disk for the snapshot and its restored copy."""
     down = [f"{f.name} ({f.node.ip}): {f.node.error}" for f in facts if not f.node.reachable]
     if down:
-        raise RestoreRefused("every node must be reachable with a verified host key; not reachable: "
-                             + "; ".join(down), step="check nodes")
+        raise RestoreRefused(
+            "every node must be reachable with a verified host key; not reachable: " + "; ".join(down),
+            step="check nodes",
+        )
     need = 2 * snapshot.raw_size + HEADROOM
-    short = [f"{f.name} has {f.node.free_bytes} bytes free" for f in facts
-             if f.node.free_bytes is not None and f.node.free_bytes < need]
+    short = [
+        f"{f.name} has {f.node.free_bytes} bytes free"
+        for f in facts
+        if f.node.free_bytes is not None and f.node.free_bytes < need
+    ]
     if short:
         raise RestoreRefused(f"not enough free disk (need {need} bytes): " + "; ".join(short), step="check disk")
 
@@ -118,8 +129,11 @@ def _tool(f: RestoreFacts, retained: RestoreFacts, spec: ClusterSpec) -> tuple[s
     has_etcdutl = f.node.files.get("etcdutl_bin") or (not own and retained.node.files.get("etcdutl_bin"))
     tool = c.restore_tool(version, bool(has_etcdutl))
     if tool is None:
-        raise RestoreRefused(f"etcd {'.'.join(map(str, version))} needs etcdutl, which the node lacks",
-                             step="check versions", node=f.name)
+        raise RestoreRefused(
+            f"etcd {'.'.join(map(str, version))} needs etcdutl, which the node lacks",
+            step="check versions",
+            node=f.name,
+        )
     path = spec.layout.etcdutl_bin if tool == "etcdutl" else spec.layout.etcdctl_bin
     return tool, path, c.supports_bump(version)
 
@@ -130,18 +144,34 @@ def _conf(f: RestoreFacts, retained: RestoreFacts, spec: ClusterSpec, token: str
     if not source.conf_text:
         raise RestoreRefused("cannot read etcd.conf", step="check nodes", node=source.name)
     member = spec.node(f.name)
-    return rewrite_conf(source.conf_text, name=f.name, source_ip=spec.node(source.name).ip, node_ip=member.ip,
-                        initial_cluster=spec.initial_cluster(), token=token)
+    return rewrite_conf(
+        source.conf_text,
+        name=f.name,
+        source_ip=spec.node(source.name).ip,
+        node_ip=member.ip,
+        initial_cluster=spec.initial_cluster(),
+        token=token,
+    )
 
 
-def plan_cluster_restore(spec: ClusterSpec, facts: list[RestoreFacts], snapshot: SnapshotInfo, retained: str | None,
-                         token: str, options: RestoreOptions) -> RestorePlan:
+def plan_cluster_restore(
+    spec: ClusterSpec,
+    facts: list[RestoreFacts],
+    snapshot: SnapshotInfo,
+    retained: str | None,
+    token: str,
+    options: RestoreOptions,
+) -> RestorePlan:
     """The ordered steps that restore every member of the cluster from one snapshot (runbook 3.1.2 / 3.2.2)."""
     check_nodes(facts, snapshot)
     keep = choose_retained(facts, retained)
     if options.restore_control_plane and not keep.has_control_plane:
-        raise RestoreRefused("restore_control_plane needs hyperkube, kubectl, ~/.kube, the apiserver config and "
-                             "kube-* units on the retained node", step="choose retained", node=keep.name)
+        raise RestoreRefused(
+            "restore_control_plane needs hyperkube, kubectl, ~/.kube, the apiserver config and "
+            "kube-* units on the retained node",
+            step="choose retained",
+            node=keep.name,
+        )
     layout, run_id = spec.layout, options.run_id
     run = c.run_dir(layout.data_dir, run_id)
     tools = {f.name: _tool(f, keep, spec) for f in facts}
@@ -155,18 +185,44 @@ def plan_cluster_restore(spec: ClusterSpec, facts: list[RestoreFacts], snapshot:
         plan.append(steps.upload(f.name, run, snapshot.raw_sha256))
         tool, path, bump = tools[f.name]
         member = spec.node(f.name)
-        plan.append(steps.restore(f.name, c.restore_snapshot(
-            path, tool, f"{run}/{steps.SNAPSHOT_NAME}", name=f.name, peer_url=spec.peer_url(member),
-            initial_cluster=spec.initial_cluster(), token=token, data_dir=layout.data_dir, bump=bump)))
+        plan.append(
+            steps.restore(
+                f.name,
+                c.restore_snapshot(
+                    path,
+                    tool,
+                    f"{run}/{steps.SNAPSHOT_NAME}",
+                    name=f.name,
+                    peer_url=spec.peer_url(member),
+                    initial_cluster=spec.initial_cluster(),
+                    token=token,
+                    data_dir=layout.data_dir,
+                    bump=bump,
+                ),
+            )
+        )
         plan.append(steps.start(f))
         plan += _kubernetes(f, keep, spec, run, options)
-    plan.append(Step(CLUSTER, "check", "every member healthy, member list right, data counted",
-                     (Check("healthy"), Check("members"), Check("data"))))
+    plan.append(
+        Step(
+            CLUSTER,
+            "check",
+            "every member healthy, member list right, data counted",
+            (Check("healthy"), Check("members"), Check("data")),
+        )
+    )
     ordered = tuple(s for s in plan if s is not None)
-    return RestorePlan(cluster_id=spec.cluster_id, retained=keep.name, token=token, run_id=run_id, snapshot=snapshot,
-                       nodes=tuple(f.name for f in facts), steps=_by_phase(ordered),
-                       notes=_notes(facts, keep, tools, run, layout, run_id),
-                       tools={n: t[0] + (" --bump-revision" if t[2] else "") for n, t in tools.items()})
+    return RestorePlan(
+        cluster_id=spec.cluster_id,
+        retained=keep.name,
+        token=token,
+        run_id=run_id,
+        snapshot=snapshot,
+        nodes=tuple(f.name for f in facts),
+        steps=_by_phase(ordered),
+        notes=_notes(facts, keep, tools, run, layout, run_id),
+        tools={n: t[0] + (" --bump-revision" if t[2] else "") for n, t in tools.items()},
+    )
 
 
 def _kubernetes(f: RestoreFacts, keep: RestoreFacts, spec: ClusterSpec, run: str, options: RestoreOptions) -> list:
@@ -181,12 +237,16 @@ def _by_phase(ordered: tuple[Step, ...]) -> tuple[Step, ...]:
 
 
 def _notes(facts, keep, tools, run, layout, run_id) -> tuple[str, ...]:
-    notes = [f"files are copied from the retained node {keep.name}",
-             f"old data dirs are moved to {c.aside_dir(layout.data_dir, run_id)} on every node; copies of every "
-             f"file changed are kept under {run}/saved",
-             "if any step fails, every completed step is undone in reverse order (data dirs and files put back, "
-             "etcd started again where it ran)"]
+    notes = [
+        f"files are copied from the retained node {keep.name}",
+        f"old data dirs are moved to {c.aside_dir(layout.data_dir, run_id)} on every node; copies of every "
+        f"file changed are kept under {run}/saved",
+        "if any step fails, every completed step is undone in reverse order (data dirs and files put back, "
+        "etcd started again where it ran)",
+    ]
     if any(not bump for _, _, bump in tools.values()):
-        notes.append("--bump-revision/--mark-compacted are not used where the node's etcd lacks them "
-                     "(3.5.10+, 3.4.27+): Kubernetes watchers may need a restart of the apiservers")
+        notes.append(
+            "--bump-revision/--mark-compacted are not used where the node's etcd lacks them "
+            "(3.5.10+, 3.4.27+): Kubernetes watchers may need a restart of the apiservers"
+        )
     return tuple(notes)

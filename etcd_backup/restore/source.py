@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from etcd_backup import pipeline
 from etcd_backup.catalog import Backup
@@ -32,11 +32,9 @@ def choose_backup(backups: list[Backup], cluster_id: str, wanted: str = LATEST) 
     if found is None:
         raise RestoreRefused(f"{wanted} is not a backup of {cluster_id} in this storage", step="choose backup")
     if not usable(found):
-        raise RestoreRefused(f"{wanted} is incomplete (no valid manifest); choose another backup",
-                             step="choose backup")
+        raise RestoreRefused(f"{wanted} is incomplete (no valid manifest); choose another backup", step="choose backup")
     if found.manifest is not None and found.manifest.cluster != cluster_id:
-        raise BackupCorrupt(f"{wanted} is a backup of {found.manifest.cluster}, not {cluster_id}",
-                            step="choose backup")
+        raise BackupCorrupt(f"{wanted} is a backup of {found.manifest.cluster}, not {cluster_id}", step="choose backup")
     return found
 
 
@@ -44,6 +42,12 @@ def fetch(storage: Storage, backup: Backup, dest: str | Path, identities: Iterab
     """Stream the backup to dest, checking stored and raw sha256 against the manifest and the snapshot trailer."""
     result = pipeline.fetch_snapshot(storage, backup, dest, identities)
     m = result.manifest
-    return SnapshotInfo(key=result.key, raw_size=result.raw_size, raw_sha256=result.raw_sha256,
-                        revision=m.revision if m else None, key_count=m.key_count if m else None,
-                        etcd_version=m.etcd_version if m else None, legacy=m is None)
+    return SnapshotInfo(
+        key=result.key,
+        raw_size=result.raw_size,
+        raw_sha256=result.raw_sha256,
+        revision=m.revision if m else None,
+        key_count=m.key_count if m else None,
+        etcd_version=m.etcd_version if m else None,
+        legacy=m is None,
+    )

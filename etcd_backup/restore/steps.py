@@ -45,12 +45,26 @@ def refill(f: RestoreFacts, retained: RestoreFacts, layout: NodeLayout, run: str
         items.append((layout.unit, False, False))
     if not items:
         return None
-    return copy_step(f.name, "refill", "refill etcd files from " + retained.name, retained.name, items, run,
-                     after=("systemctl daemon-reload",) if not f.node.files.get("unit") else ())
+    return copy_step(
+        f.name,
+        "refill",
+        "refill etcd files from " + retained.name,
+        retained.name,
+        items,
+        run,
+        after=("systemctl daemon-reload",) if not f.node.files.get("unit") else (),
+    )
 
 
-def copy_step(node: str, phase: str, title: str, source: str, items: list[tuple[str, bool, bool]], run: str,
-              after: tuple[str, ...] = ()) -> Step:
+def copy_step(
+    node: str,
+    phase: str,
+    title: str,
+    source: str,
+    items: list[tuple[str, bool, bool]],
+    run: str,
+    after: tuple[str, ...] = (),
+) -> Step:
     """A step that keeps copies of paths aside and relays them from source; undo puts the copies back."""
     actions: list = []
     undo: list[Run] = []
@@ -67,30 +81,54 @@ def copy_step(node: str, phase: str, title: str, source: str, items: list[tuple[
 
 def configure(name: str, conf_path: str, text: str, run: str) -> Step:
     """Keep etcd.conf aside and write the member's new one in place."""
-    return Step(name, "configure", "write etcd.conf", (Run(c.save(conf_path, run)), Write(conf_path, text)),
-                destructive=True, undo=(Run(c.put_back_file(conf_path, run)),))
+    return Step(
+        name,
+        "configure",
+        "write etcd.conf",
+        (Run(c.save(conf_path, run)), Write(conf_path, text)),
+        destructive=True,
+        undo=(Run(c.put_back_file(conf_path, run)),),
+    )
 
 
 def set_aside(name: str, layout: NodeLayout, run_id: str) -> Step:
     """Move the data dir's home aside (runbook: rm -rf /var/lib/etcd; here never deleted) and make a new one."""
-    return Step(name, "set-aside", f"move {c.data_home(layout.data_dir)} aside",
-                (Run(c.set_aside(layout.data_dir, run_id)),), destructive=True,
-                undo=(Run(c.put_back_data(layout.data_dir, run_id)),),
-                note=f"old data kept at {c.aside_dir(layout.data_dir, run_id)}")
+    return Step(
+        name,
+        "set-aside",
+        f"move {c.data_home(layout.data_dir)} aside",
+        (Run(c.set_aside(layout.data_dir, run_id)),),
+        destructive=True,
+        undo=(Run(c.put_back_data(layout.data_dir, run_id)),),
+        note=f"old data kept at {c.aside_dir(layout.data_dir, run_id)}",
+    )
 
 
 def upload(name: str, run: str, sha256: str) -> Step:
     """Copy the verified snapshot into the node's run dir and check its sha256 there."""
     path = posixpath.join(run, SNAPSHOT_NAME)
-    return Step(name, "upload", "copy the snapshot to the node", (
-        Run(f"mkdir -p {c.q(run)}"), Upload(path),
-        Run(f"echo {sha256}'  '{c.q(path)} | sha256sum -c --quiet -", timeout=600)))
+    return Step(
+        name,
+        "upload",
+        "copy the snapshot to the node",
+        (
+            Run(f"mkdir -p {c.q(run)}"),
+            Upload(path),
+            Run(f"echo {sha256}'  '{c.q(path)} | sha256sum -c --quiet -", timeout=600),
+        ),
+    )
 
 
 def restore(name: str, command: str) -> Step:
     """Run `snapshot restore` into the (new, empty) data dir."""
-    return Step(name, "restore", "snapshot restore", (Run(command, timeout=3600),), destructive=True,
-                note="undo: the set-aside undo moves the restored data dir into the run dir")
+    return Step(
+        name,
+        "restore",
+        "snapshot restore",
+        (Run(command, timeout=3600),),
+        destructive=True,
+        note="undo: the set-aside undo moves the restored data dir into the run dir",
+    )
 
 
 def start(f: RestoreFacts) -> Step:
@@ -98,8 +136,14 @@ def start(f: RestoreFacts) -> Step:
     undo = [Run("systemctl stop etcd")]
     if not f.etcd_enabled:
         undo.append(Run("systemctl disable etcd"))
-    return Step(f.name, "start", "start etcd", (Run("systemctl enable --now etcd", timeout=600),),
-                destructive=True, undo=tuple(undo))
+    return Step(
+        f.name,
+        "start",
+        "start etcd",
+        (Run("systemctl enable --now etcd", timeout=600),),
+        destructive=True,
+        undo=tuple(undo),
+    )
 
 
 def restart_kube(f: RestoreFacts) -> Step:
@@ -114,18 +158,46 @@ def restart_kube(f: RestoreFacts) -> Step:
 def control_plane(f: RestoreFacts, retained: RestoreFacts, ip: str, layout: NodeLayout, run: str) -> list[Step]:
     """The runbook's last step on a rebuilt node: kube binaries, units, kubeconfig, advertise address, services, LB."""
     units = [posixpath.join(layout.unit_dir, u) for u in retained.kube_units]
-    items = [(layout.hyperkube, False, True), *((u, False, False) for u in units), (layout.kubectl, False, True),
-             (layout.kubeconfig_dir, True, False)]
-    files = copy_step(f.name, "kubernetes", "copy Kubernetes binaries, units and kubeconfig from " + retained.name,
-                      retained.name, items, run, after=("systemctl daemon-reload",))
-    address = Step(f.name, "kubernetes", "set --advertise-address in the apiserver config",
-                   (Run(c.save(layout.apiserver_conf, run)), Run(c.set_advertise_address(layout.apiserver_conf, ip))),
-                   destructive=True, undo=(Run(c.put_back_file(layout.apiserver_conf, run)),))
+    items = [
+        (layout.hyperkube, False, True),
+        *((u, False, False) for u in units),
+        (layout.kubectl, False, True),
+        (layout.kubeconfig_dir, True, False),
+    ]
+    files = copy_step(
+        f.name,
+        "kubernetes",
+        "copy Kubernetes binaries, units and kubeconfig from " + retained.name,
+        retained.name,
+        items,
+        run,
+        after=("systemctl daemon-reload",),
+    )
+    address = Step(
+        f.name,
+        "kubernetes",
+        "set --advertise-address in the apiserver config",
+        (Run(c.save(layout.apiserver_conf, run)), Run(c.set_advertise_address(layout.apiserver_conf, ip))),
+        destructive=True,
+        undo=(Run(c.put_back_file(layout.apiserver_conf, run)),),
+    )
     started = [u for u in KUBE_SERVICES if u not in f.kube_active]
-    services = Step(f.name, "kubernetes", "enable and start Kubernetes services",
-                    (Run("systemctl enable --now " + " ".join(KUBE_SERVICES)),), destructive=True,
-                    undo=(Run("systemctl disable --now " + " ".join(started)),) if started else ())
+    services = Step(
+        f.name,
+        "kubernetes",
+        "enable and start Kubernetes services",
+        (Run("systemctl enable --now " + " ".join(KUBE_SERVICES)),),
+        destructive=True,
+        undo=(Run("systemctl disable --now " + " ".join(started)),) if started else (),
+    )
     ifcfg = [(posixpath.join(layout.network_scripts, n), False, False) for n in IFCFG if retained.files.get(n)]
-    network = copy_step(f.name, "kubernetes", "load balancer IPs (ifcfg-lo:*) and restart network", retained.name,
-                        ifcfg, run, after=("systemctl restart network",))
+    network = copy_step(
+        f.name,
+        "kubernetes",
+        "load balancer IPs (ifcfg-lo:*) and restart network",
+        retained.name,
+        ifcfg,
+        run,
+        after=("systemctl restart network",),
+    )
     return [files, address, services, network]

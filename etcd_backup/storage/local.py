@@ -5,9 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from datetime import datetime, timezone
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from etcd_backup.errors import NotFound, StorageError, TransientStorageError
 from etcd_backup.storage.base import ObjectInfo
@@ -63,7 +64,7 @@ class LocalStorage:
             raise self._error(exc, "stat", key) from None
         if not path.is_file():
             raise NotFound(f"{self.describe()}: {key} is not a file", step="local stat")
-        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Files under prefix (temp files skipped), sorted by key."""

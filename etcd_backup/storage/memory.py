@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import shutil
 import threading
-from datetime import datetime, timezone
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import BinaryIO
 
 from etcd_backup.errors import NotFound
 from etcd_backup.storage.base import ObjectInfo
@@ -33,7 +34,7 @@ class MemoryStorage:
         shutil.copyfileobj(source, buffer)
         data = buffer.getvalue()
         with self._lock:
-            self.objects[check_key(key)] = (data, datetime.now(timezone.utc))
+            self.objects[check_key(key)] = (data, datetime.now(UTC))
         return self.stat(key)
 
     def open(self, key: str) -> BinaryIO:

@@ -14,7 +14,9 @@ def check_key(key: str) -> str:
     """Return key if it is a clean relative '/'-separated name, else raise ConfigError."""
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
-        raise ConfigError(f"invalid object key {key!r}: use a relative name like 'cluster/backup.db.zst'", step="storage")
+        raise ConfigError(
+            f"invalid object key {key!r}: use a relative name like 'cluster/backup.db.zst'", step="storage"
+        )
     if is_temp(parts[-1]):
         raise ConfigError(f"invalid object key {key!r}: the name looks like a temporary upload", step="storage")
     return key

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 import boto3
 import botocore.config
@@ -58,13 +59,20 @@ class S3Storage:
         if not bucket:
             raise ConfigError("an S3 bucket name is required", step=f"{self.kind} config")
         if addressing_style not in ("path", "virtual", "auto"):
-            raise ConfigError(f"addressing_style must be path, virtual or auto, not {addressing_style!r}", step=f"{self.kind} config")
+            raise ConfigError(
+                f"addressing_style must be path, virtual or auto, not {addressing_style!r}", step=f"{self.kind} config"
+            )
         self.bucket, self.prefix, self.endpoint_url = bucket, clean_prefix(prefix), endpoint_url
         self.page_size, self.batch_delete = page_size, batch_delete
         config = _boto_config(addressing_style, connect_timeout, read_timeout, max_concurrency + 2)
         self._client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1", verify=verify,
-            aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=config,
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region or "us-east-1",
+            verify=verify,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=config,
         )
         self._transfer = TransferConfig(
             multipart_threshold=multipart_threshold or multipart_chunk,
@@ -109,7 +117,7 @@ class S3Storage:
         with self._errors("list", prefix):
             for page in pages:
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"], item["LastModified"])
+                    yield ObjectInfo(item["Key"][len(self.prefix) :], item["Size"], item["LastModified"])
 
     def delete(self, keys: Iterable[str]) -> None:
         """Delete keys (batches of 1000, or one by one where DeleteObjects is not wanted)."""
@@ -120,11 +128,14 @@ class S3Storage:
                     self._client.delete_object(Bucket=self.bucket, Key=name)
                 return
             for start in range(0, len(names), 1000):
-                batch = [{"Key": n} for n in names[start:start + 1000]]
+                batch = [{"Key": n} for n in names[start : start + 1000]]
                 result = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
                 failed = [e for e in result.get("Errors", []) if e.get("Code") != "NoSuchKey"]
                 if failed:
-                    raise StorageError(f"{self.describe()}: could not delete {failed[0]['Key']}: {failed[0].get('Code')}", step=f"{self.kind} delete")
+                    raise StorageError(
+                        f"{self.describe()}: could not delete {failed[0]['Key']}: {failed[0].get('Code')}",
+                        step=f"{self.kind} delete",
+                    )
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -144,7 +155,10 @@ class S3Storage:
             if code == "NoSuchBucket":
                 return StorageError(f"{where}: bucket {self.bucket} does not exist", step=step)
             if code in DENIED or status == 403:
-                return StorageError(f"{where}: access denied ({code}): check the access key, secret key and the rights on bucket {self.bucket}", step=step)
+                return StorageError(
+                    f"{where}: access denied ({code}): check the access key, secret key and the rights on bucket {self.bucket}",
+                    step=step,
+                )
             if code in RETRYABLE or status >= 500:
                 return TransientStorageError(f"{where}: server error {status} {code} during {op} of {key}", step=step)
             return StorageError(f"{where}: {op} of {key} refused: {status} {code}", step=step)
@@ -153,7 +167,9 @@ class S3Storage:
         return TransientStorageError(f"{where}: {op} of {key} failed: {_network_reason(exc)}", step=step)
 
 
-def _boto_config(addressing_style: str, connect_timeout: float, read_timeout: float, pool: int) -> botocore.config.Config:
+def _boto_config(
+    addressing_style: str, connect_timeout: float, read_timeout: float, pool: int
+) -> botocore.config.Config:
     """SigV4, modest retries, timeouts, and no checksums unless an operation requires them (UFile)."""
     return botocore.config.Config(
         signature_version="s3v4",
@@ -177,7 +193,9 @@ class _Translate:
         return self
 
     def __exit__(self, kind, exc, tb):
-        if isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)) or isinstance(exc, NETWORK_ERRORS):
+        if isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)) or isinstance(
+            exc, NETWORK_ERRORS
+        ):
             raise self.storage._error(exc, self.op, self.key) from None
         return False
 
@@ -197,7 +215,9 @@ class UFileStorage(S3Storage):
 def ufile_endpoint(region: str, internal: bool = False) -> str:
     """The S3 endpoint of a UFile region ('cn-bj' -> 'https://s3-cn-bj.ufileos.com')."""
     if not UFILE_REGION.match(region or ""):
-        raise ConfigError(f"UFile region {region!r} is not valid: use a region id like 'cn-bj' or 'hk'", step="ufile config")
+        raise ConfigError(
+            f"UFile region {region!r} is not valid: use a region id like 'cn-bj' or 'hk'", step="ufile config"
+        )
     return f"http://internal.s3-{region}.ufileos.com" if internal else f"https://s3-{region}.ufileos.com"
 
 
@@ -217,7 +237,16 @@ def ufile_storage(
     if endpoint_url:
         ufile_endpoint(region)  # still validate the region
     return UFileStorage(
-        bucket, prefix, endpoint_url=endpoint, region=region, access_key=public_key, secret_key=private_key,
-        addressing_style="path", multipart_chunk=8 * MiB, multipart_threshold=8 * MiB,
-        max_concurrency=max_concurrency, page_size=1000, batch_delete=False,
+        bucket,
+        prefix,
+        endpoint_url=endpoint,
+        region=region,
+        access_key=public_key,
+        secret_key=private_key,
+        addressing_style="path",
+        multipart_chunk=8 * MiB,
+        multipart_threshold=8 * MiB,
+        max_concurrency=max_concurrency,
+        page_size=1000,
+        batch_delete=False,
     )

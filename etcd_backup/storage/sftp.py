@@ -8,8 +8,9 @@ import shutil
 import socket
 import stat
 import threading
-from datetime import datetime, timezone
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import BinaryIO
 
 import paramiko
 
@@ -46,15 +47,22 @@ class SFTPStorage:
     ):
         self.host, self.port, self.user = host, port, user
         self.directory = directory.rstrip("/") or "/"
-        self._auth = dict(private_key=private_key, password=password, known_hosts=known_hosts,
-                          host_fingerprint=host_fingerprint, timeout=timeout)
+        self._auth = dict(
+            private_key=private_key,
+            password=password,
+            known_hosts=known_hosts,
+            host_fingerprint=host_fingerprint,
+            timeout=timeout,
+        )
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()
 
     def describe(self) -> str:
         """'sftp://user@host:port/directory'."""
-        return f"sftp://{self.user}@{self.host}:{self.port}{'' if self.directory.startswith('/') else '/'}{self.directory}"
+        return (
+            f"sftp://{self.user}@{self.host}:{self.port}{'' if self.directory.startswith('/') else '/'}{self.directory}"
+        )
 
     def put(self, key: str, source: BinaryIO) -> ObjectInfo:
         """Stream source to a temp file beside key (mode 0600, pipelined), then rename it into place."""
@@ -91,19 +99,22 @@ class SFTPStorage:
                 sftp.close()
             raise self._error(exc, "open", path) from None
         pipe = Pipe(max_chunks=2)
-        threading.Thread(target=self._read_ahead, args=(sftp, remote, size, pipe, path), daemon=True,
-                         name=f"sftp-read {path}").start()
+        threading.Thread(
+            target=self._read_ahead, args=(sftp, remote, size, pipe, path), daemon=True, name=f"sftp-read {path}"
+        ).start()
         return Reader(pipe, lambda exc: self._error(exc, "read", path), NETWORK_ERRORS, on_close=pipe.stop_reading)
 
-    def _read_ahead(self, sftp: paramiko.SFTPClient, remote: paramiko.SFTPFile, size: int, pipe: Pipe,
-                    path: str) -> None:
+    def _read_ahead(
+        self, sftp: paramiko.SFTPClient, remote: paramiko.SFTPFile, size: int, pipe: Pipe, path: str
+    ) -> None:
         """Fetch the file window by window (each window's reads pipelined) into the bounded pipe."""
         try:
             with sftp, remote:
                 for start in range(0, size, READ_AHEAD):
                     end = min(size, start + READ_AHEAD)
-                    chunks = [(o, min(remote.MAX_REQUEST_SIZE, end - o))
-                              for o in range(start, end, remote.MAX_REQUEST_SIZE)]
+                    chunks = [
+                        (o, min(remote.MAX_REQUEST_SIZE, end - o)) for o in range(start, end, remote.MAX_REQUEST_SIZE)
+                    ]
                     pipe.write(b"".join(remote.readv(chunks)))
             pipe.close()
         except BrokenPipeError:
@@ -120,7 +131,7 @@ class SFTPStorage:
             raise self._error(exc, "stat", path) from None
         if not stat.S_ISREG(attrs.st_mode or 0):
             raise NotFound(f"{self.describe()}: {path} is not a file", step="sftp stat")
-        return ObjectInfo(key, attrs.st_size, datetime.fromtimestamp(attrs.st_mtime, timezone.utc))
+        return ObjectInfo(key, attrs.st_size, datetime.fromtimestamp(attrs.st_mtime, UTC))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Files under prefix (temp files skipped), sorted by key."""
@@ -211,7 +222,7 @@ class SFTPStorage:
                 if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
                     self._walk(sftp, key, prefix, found)
             elif stat.S_ISREG(entry.st_mode or 0) and not is_temp(entry.filename) and key.startswith(prefix):
-                found.append(ObjectInfo(key, entry.st_size, datetime.fromtimestamp(entry.st_mtime, timezone.utc)))
+                found.append(ObjectInfo(key, entry.st_size, datetime.fromtimestamp(entry.st_mtime, UTC)))
 
     def _discard(self, sftp: paramiko.SFTPClient, tmp: str) -> None:
         """Best effort removal of a temp file after a failed put (the link may be gone)."""
@@ -231,7 +242,13 @@ class SFTPStorage:
             return NotFound(f"{where}: {path} does not exist", step=step)
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
             return StorageError(f"{where}: permission denied for {self.user} on {self.host}:{path}", step=step)
-        if isinstance(exc, (paramiko.SSHException, EOFError, ConnectionError, TimeoutError, socket.timeout)) or not self._alive():
+        if (
+            isinstance(exc, (paramiko.SSHException, EOFError, ConnectionError, TimeoutError, socket.timeout))
+            or not self._alive()
+        ):
             self.close()  # the next call reconnects
-            return TransientStorageError(f"{where}: connection to {self.host}:{self.port} lost during {op} of {path}: {exc.__class__.__name__}: {exc}", step=step)
+            return TransientStorageError(
+                f"{where}: connection to {self.host}:{self.port} lost during {op} of {path}: {exc.__class__.__name__}: {exc}",
+                step=step,
+            )
         return StorageError(f"{where}: {op} of {path} failed: {exc}", step=step)

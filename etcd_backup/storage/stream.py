@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import queue
-from typing import Callable
+from collections.abc import Callable
 
 
 class Reader(io.RawIOBase):

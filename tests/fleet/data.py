@@ -9,9 +9,11 @@ MAX_BATCH_BYTES = 1 << 20  # stays below etcd's 1.5 MiB request limit
 
 def k8s_value(index: int, size: int) -> bytes:
     """Return a value of `size` bytes shaped like a protobuf-encoded Kubernetes object."""
-    head = (b"k8s\x00\n\x0f\n\x02v1\x12\tConfigMap\x12" +
-            f'{{"metadata":{{"name":"cm-{index:08d}","namespace":"default","uid":"{os.urandom(8).hex()}"}},'
-            '"data":{"config.yaml":"'.encode())
+    head = (
+        b"k8s\x00\n\x0f\n\x02v1\x12\tConfigMap\x12"
+        + f'{{"metadata":{{"name":"cm-{index:08d}","namespace":"default","uid":"{os.urandom(8).hex()}"}},'
+        '"data":{"config.yaml":"'.encode()
+    )
     body = os.urandom(max(0, size - len(head)) // 2).hex().encode()
     return (head + body + b'"}}' + b" " * size)[:size]
 
@@ -24,6 +26,7 @@ def _batches(n_keys: int, value_size: int):
 
 def fill(client, n_keys: int, value_size: int, prefix: str = "/registry/configmaps/default/", threads: int = 4) -> int:
     """Write `n_keys` keys `<prefix>cm-<i>` with `value_size`-byte values; return the bytes written."""
+
     def put(batch: range) -> int:
         ops = [client.transactions.put(f"{prefix}cm-{i:08d}", k8s_value(i, value_size)) for i in batch]
         client.transaction(compare=[], success=ops, failure=[])

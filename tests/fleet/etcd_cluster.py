@@ -78,12 +78,21 @@ class EtcdCluster:
         tls = [f"--cert-file={self.cert}", f"--key-file={self.key}", f"--trusted-ca-file={self.ca}"]
         peer = [f"--peer-cert-file={self.cert}", f"--peer-key-file={self.key}", f"--peer-trusted-ca-file={self.ca}"]
         return [
-            self.binaries.etcd, f"--name={member.name}", f"--data-dir={member.data_dir}",
-            f"--listen-client-urls={member.client_url}", f"--advertise-client-urls={member.client_url}",
-            f"--listen-peer-urls={member.peer_url}", f"--initial-advertise-peer-urls={member.peer_url}",
-            f"--initial-cluster={initial}", "--initial-cluster-state=new",
-            f"--initial-cluster-token={self.token}", "--logger=zap",
-            *tls, "--client-cert-auth", *peer, "--peer-client-cert-auth",
+            self.binaries.etcd,
+            f"--name={member.name}",
+            f"--data-dir={member.data_dir}",
+            f"--listen-client-urls={member.client_url}",
+            f"--advertise-client-urls={member.client_url}",
+            f"--listen-peer-urls={member.peer_url}",
+            f"--initial-advertise-peer-urls={member.peer_url}",
+            f"--initial-cluster={initial}",
+            "--initial-cluster-state=new",
+            f"--initial-cluster-token={self.token}",
+            "--logger=zap",
+            *tls,
+            "--client-cert-auth",
+            *peer,
+            "--peer-client-cert-auth",
         ]
 
     def start(self, timeout: float = 60) -> "EtcdCluster":
@@ -127,8 +136,12 @@ class EtcdCluster:
     def client(self, i: int = 0, timeout: float = 10):
         """Return a pyetcd client with TLS for member `i`."""
         return pyetcd.client(
-            host=self.members[i].ip, port=2379, ca_cert=str(self.ca),
-            cert_cert=str(self.cert), cert_key=str(self.key), timeout=timeout,
+            host=self.members[i].ip,
+            port=2379,
+            ca_cert=str(self.ca),
+            cert_cert=str(self.cert),
+            cert_key=str(self.key),
+            timeout=timeout,
         )
 
     def wait_healthy(self, timeout: float = 60) -> None:
@@ -137,13 +150,15 @@ class EtcdCluster:
         while True:
             self._check_alive()
             urls = [m.client_url for m in self.running()]
-            out = self.etcdctl(f"--endpoints={','.join(urls)}", "endpoint", "health",
-                               "--dial-timeout=1s", "--command-timeout=2s")
+            out = self.etcdctl(
+                f"--endpoints={','.join(urls)}", "endpoint", "health", "--dial-timeout=1s", "--command-timeout=2s"
+            )
             if out.returncode == 0:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"etcd {self.version} not healthy after {timeout}s:\n{out.stdout}{out.stderr}"
-                                   + self._tails())
+                raise RuntimeError(
+                    f"etcd {self.version} not healthy after {timeout}s:\n{out.stdout}{out.stderr}" + self._tails()
+                )
             time.sleep(0.1)
 
     def _check_alive(self) -> None:

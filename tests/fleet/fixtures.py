@@ -46,7 +46,8 @@ def make_etcd_cluster(tmp_path_factory, fleet_pki, etcd_version):
     """Factory `make(members=3, version=etcd_version)` -> started EtcdCluster; all stopped at teardown."""
     with contextlib.ExitStack() as stack:
         yield lambda members=3, version=None: start(
-            EtcdCluster(tmp_path_factory.mktemp("etcd"), fleet_pki, members, version or etcd_version), stack)
+            EtcdCluster(tmp_path_factory.mktemp("etcd"), fleet_pki, members, version or etcd_version), stack
+        )
 
 
 @pytest.fixture
@@ -61,7 +62,8 @@ def make_fleet(tmp_path_factory, fleet_pki, etcd_version):
     require_root()
     with contextlib.ExitStack() as stack:
         yield lambda size=3, version=None: start(
-            Fleet(tmp_path_factory.mktemp("fleet"), fleet_pki, size, version or etcd_version), stack)
+            Fleet(tmp_path_factory.mktemp("fleet"), fleet_pki, size, version or etcd_version), stack
+        )
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,11 @@ def write_master(root: Path, name: str, ip: str, cluster: dict[str, str], pki, b
     (root / "var/lib/etcd").mkdir(exist_ok=True)
     _write(root, "/etc/etcd/etcd.conf", etcd_conf(name, ip, cluster))
     _write(root, "/etc/kubernetes/apiserver", apiserver_conf(ip, cluster))
-    _write(root, "/etc/kubernetes/controller-manager", 'KUBE_CONTROLLER_MANAGER_OPTS="--master=https://127.0.0.1:6443 --v=2"\n')
+    _write(
+        root,
+        "/etc/kubernetes/controller-manager",
+        'KUBE_CONTROLLER_MANAGER_OPTS="--master=https://127.0.0.1:6443 --v=2"\n',
+    )
     _write(root, "/etc/kubernetes/scheduler", 'KUBE_SCHEDULER_OPTS="--master=https://127.0.0.1:6443 --v=2"\n')
     _write(root, "/usr/lib/systemd/system/etcd.service", ETCD_UNIT)
     for unit, title, config, var in (
@@ -186,8 +190,11 @@ def write_master(root: Path, name: str, ip: str, cluster: dict[str, str], pki, b
         ("kube-controller-manager", "Controller Manager", "controller-manager", "KUBE_CONTROLLER_MANAGER_OPTS"),
         ("kube-scheduler", "Scheduler", "scheduler", "KUBE_SCHEDULER_OPTS"),
     ):
-        _write(root, f"/usr/lib/systemd/system/{unit}.service",
-               KUBE_UNIT.format(title=title, config=config, name=unit, var=var))
+        _write(
+            root,
+            f"/usr/lib/systemd/system/{unit}.service",
+            KUBE_UNIT.format(title=title, config=config, name=unit, var=var),
+        )
     _write(root, "/etc/sysconfig/network-scripts/ifcfg-lo:internal", ifcfg("lo:internal", "10.23.255.10"))
     _write(root, "/etc/sysconfig/network-scripts/ifcfg-lo:external", ifcfg("lo:external", "106.75.1.10"))
     _write(root, "/root/.kube/config", kubeconfig(ip), 0o600)

@@ -32,8 +32,9 @@ Subsystem sftp internal-sftp
 def ssh_keypair() -> tuple[str, str]:
     """Return a new ed25519 key as (OpenSSH private key text, public key line)."""
     key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public.decode()
 
@@ -74,8 +75,10 @@ def start_sshd(root: Path, ip: str, timeout: float = 60) -> tuple[int, str]:
         if proc.poll() is not None or time.monotonic() > deadline:
             how = f"exited with {proc.returncode}" if proc.poll() is not None else f"not listening after {timeout} s"
             procs.kill(proc.pid, timeout=0)
-            raise RuntimeError(f"sshd for node {ip} did not start ({how}):\n{procs.log_tail(state / 'sshd.out')}\n"
-                               f"{procs.log_tail(state / 'sshd.log')}")
+            raise RuntimeError(
+                f"sshd for node {ip} did not start ({how}):\n{procs.log_tail(state / 'sshd.out')}\n"
+                f"{procs.log_tail(state / 'sshd.log')}"
+            )
         time.sleep(0.02)
     return proc.pid, os.readlink(f"/proc/{proc.pid}/ns/mnt")
 

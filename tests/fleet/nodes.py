@@ -70,21 +70,47 @@ class MasterNode:
 
     def ssh(self, cmd: str, check: bool = True, timeout: float = 180, input: str | None = None):
         """Run `cmd` as root on the node with OpenSSH (host key checked); return the CompletedProcess."""
-        argv = ["ssh", "-F", "/dev/null", "-i", str(self.fleet.ssh_key_path), "-o", "IdentitiesOnly=yes",
-                "-o", f"UserKnownHostsFile={self.fleet.known_hosts_path}", "-o", "GlobalKnownHostsFile=/dev/null",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-                "-o", "LogLevel=ERROR", f"{self.fleet.ssh_user}@{self.ip}", cmd]
+        argv = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.fleet.ssh_key_path),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.fleet.known_hosts_path}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+            f"{self.fleet.ssh_user}@{self.ip}",
+            cmd,
+        ]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
         if check and out.returncode != 0:
-            raise RuntimeError(f"ssh {self.name} ({self.ip}) {cmd!r} exited {out.returncode}:\n"
-                               f"{out.stdout}{out.stderr}")
+            raise RuntimeError(
+                f"ssh {self.name} ({self.ip}) {cmd!r} exited {out.returncode}:\n{out.stdout}{out.stderr}"
+            )
         return out
 
     def client(self, timeout: float = 10):
         """Return a pyetcd client (TLS) to this node's etcd member."""
         pki = self.fleet.pki
-        return pyetcd.client(host=self.ip, port=2379, ca_cert=str(pki.ca), cert_cert=str(pki.cert),
-                             cert_key=str(pki.key), timeout=timeout)
+        return pyetcd.client(
+            host=self.ip,
+            port=2379,
+            ca_cert=str(pki.ca),
+            cert_cert=str(pki.cert),
+            cert_key=str(pki.key),
+            timeout=timeout,
+        )
 
     def systemctl_log(self) -> list[str]:
         """Lines "<iso time> <verb> [--now] <unit>" recorded by the node's systemctl stand-in."""
@@ -143,10 +169,15 @@ class Fleet:
     def spec(self, cluster_id: str = "uk8s-fleet", known_hosts: str | None = None) -> ClusterSpec:
         """The ClusterSpec an operator would write for this fleet (its current host keys unless told otherwise)."""
         return ClusterSpec(
-            cluster_id=cluster_id, ca_pem=self.pki.ca.read_text(), cert_pem=self.pki.cert.read_text(),
-            key_pem=self.pki.key.read_text(), nodes=[ClusterNode(name=n.name, ip=n.ip) for n in self.nodes],
-            ssh=SSHAccess(private_key=self.ssh_private_key,
-                          known_hosts=self.known_hosts if known_hosts is None else known_hosts))
+            cluster_id=cluster_id,
+            ca_pem=self.pki.ca.read_text(),
+            cert_pem=self.pki.cert.read_text(),
+            key_pem=self.pki.key.read_text(),
+            nodes=[ClusterNode(name=n.name, ip=n.ip) for n in self.nodes],
+            ssh=SSHAccess(
+                private_key=self.ssh_private_key, known_hosts=self.known_hosts if known_hosts is None else known_hosts
+            ),
+        )
 
     def node(self, name_or_ip: str) -> MasterNode:
         """Return the node with that name ("etcd2") or IP."""

@@ -11,8 +11,13 @@ def spawn(argv: list, log: Path, env: dict | None = None, cwd: Path | None = Non
     """Start `argv` in its own session with stdout and stderr appended to `log`."""
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True,
+            [str(a) for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 
@@ -59,21 +59,33 @@ def backup_sshd():
 
 def make_s3(seaweedfs: SeaweedFS, bucket: str, endpoint: str | None = None) -> S3Storage:
     """An S3Storage on bucket at SeaweedFS (or at a proxy in front of it)."""
-    return S3Storage(bucket, "backups", endpoint_url=endpoint or seaweedfs.endpoint,
-                     access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key)
+    return S3Storage(
+        bucket,
+        "backups",
+        endpoint_url=endpoint or seaweedfs.endpoint,
+        access_key=seaweedfs.access_key,
+        secret_key=seaweedfs.secret_key,
+    )
 
 
 def make_ufile(seaweedfs: SeaweedFS, bucket: str, proxy: UFileProxy) -> S3Storage:
     """A UFile storage speaking to SeaweedFS through the UFile proxy."""
-    return ufile_storage(seaweedfs.access_key, seaweedfs.secret_key, "cn-bj", bucket, "backups",
-                         endpoint_url=proxy.endpoint)
+    return ufile_storage(
+        seaweedfs.access_key, seaweedfs.secret_key, "cn-bj", bucket, "backups", endpoint_url=proxy.endpoint
+    )
 
 
 def make_sftp(sshd: BackupSSHD, port: int | None = None) -> SFTPStorage:
     """An SFTPStorage in a fresh subdirectory of the server's backup directory."""
     directory = f"{sshd.directory}/t-{secrets.token_hex(4)}"
-    return SFTPStorage(sshd.host, port or sshd.port, sshd.user, directory,
-                       private_key=sshd.private_key, known_hosts=sshd.known_hosts(port))
+    return SFTPStorage(
+        sshd.host,
+        port or sshd.port,
+        sshd.user,
+        directory,
+        private_key=sshd.private_key,
+        known_hosts=sshd.known_hosts(port),
+    )
 
 
 @pytest.fixture(params=BACKENDS)

@@ -18,10 +18,22 @@ from pathlib import Path
 import boto3
 import botocore.config
 
-WEED = Path(sys.executable).with_name("weed") if Path(sys.executable).with_name("weed").exists() else Path(shutil.which("weed") or "weed")
+WEED = (
+    Path(sys.executable).with_name("weed")
+    if Path(sys.executable).with_name("weed").exists()
+    else Path(shutil.which("weed") or "weed")
+)
 PORT_FLAGS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-    "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
 )
 
 
@@ -45,34 +57,54 @@ class SeaweedFS:
         self.process: subprocess.Popen | None = None
         self.start_seconds = 0.0
 
-    def start(self, timeout: float = 60) -> "SeaweedFS":
+    def start(self, timeout: float = 60) -> SeaweedFS:
         """Start weed and wait until its S3 API answers (signed requests included)."""
-        args = [str(WEED), "mini", f"-dir={self.directory}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-                "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        args = [
+            str(WEED),
+            "mini",
+            f"-dir={self.directory}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         began = time.monotonic()
         self.log = open(self.directory / "weed.log", "wb")
-        self.process = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        cwd=self.directory, start_new_session=True)
+        self.process = subprocess.Popen(
+            args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.directory, start_new_session=True
+        )
         while not self._ready():
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log.name}")
             if time.monotonic() - began > timeout:
                 self.stop()
-                raise RuntimeError(f"weed mini did not answer on {self.endpoint} within {timeout}s; see {self.log.name}")
+                raise RuntimeError(
+                    f"weed mini did not answer on {self.endpoint} within {timeout}s; see {self.log.name}"
+                )
             time.sleep(0.1)
         self.start_seconds = time.monotonic() - began
         return self
 
     def client(self, **overrides):
         """A boto3 S3 client for this server (admin credentials)."""
-        config = botocore.config.Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                                        request_checksum_calculation="when_required",
-                                        response_checksum_validation="when_required")
-        args = dict(endpoint_url=self.endpoint, region_name="us-east-1", config=config,
-                    aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        config = botocore.config.Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        args = dict(
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            config=config,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
         return boto3.session.Session().client("s3", **{**args, **overrides})
 
     def make_bucket(self, name: str | None = None) -> str:
@@ -93,7 +125,7 @@ class SeaweedFS:
         if getattr(self, "log", None):
             self.log.close()
 
-    def __enter__(self) -> "SeaweedFS":
+    def __enter__(self) -> SeaweedFS:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -49,8 +49,10 @@ def ensure_user(name: str = USER, password: str = PASSWORD) -> pwd.struct_passwd
     try:
         pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/bin/sh", name], capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", name],
+            capture_output=True,
+        )
     entry = pwd.getpwnam(name)  # raises if useradd failed for another reason than a race
     subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, capture_output=True)
     return entry
@@ -76,7 +78,7 @@ class BackupSSHD:
         self.readonly_directory = str(self.base / "readonly")
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> "BackupSSHD":
+    def start(self, timeout: float = 30) -> BackupSSHD:
         """Create user, keys and directories, start sshd and wait for its banner."""
         account = ensure_user()
         _keygen(self.base / "ssh_host_ed25519_key", "backup-sshd-host")
@@ -89,8 +91,12 @@ class BackupSSHD:
         (self.base / "sshd_config").write_text(CONFIG.format(port=self.port, dir=self.base, user=self.user))
         os.makedirs("/run/sshd", exist_ok=True)
         self.log = open(self.base / "sshd.log", "wb")
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.base / "sshd_config")],
-                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.base / "sshd_config")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         began = time.monotonic()
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() - began > timeout:
@@ -142,7 +148,7 @@ class BackupSSHD:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> "BackupSSHD":
+    def __enter__(self) -> BackupSSHD:
         return self.start()
 
     def __exit__(self, *exc) -> None:

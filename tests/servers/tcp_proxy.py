@@ -21,7 +21,7 @@ class TCPProxy:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
 
-    def start(self) -> "TCPProxy":
+    def start(self) -> TCPProxy:
         """Accept connections in a background thread."""
         self._thread.start()
         return self
@@ -41,7 +41,7 @@ class TCPProxy:
         with self._lock:
             self.gone, self._budget = False, None
 
-    def __enter__(self) -> "TCPProxy":
+    def __enter__(self) -> TCPProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -48,7 +48,7 @@ class UFileProxy:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="ufile-proxy", daemon=True)
 
-    def start(self) -> "UFileProxy":
+    def start(self) -> UFileProxy:
         """Serve in a background thread."""
         self._thread.start()
         return self
@@ -58,7 +58,7 @@ class UFileProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> "UFileProxy":
+    def __enter__(self) -> UFileProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -89,7 +89,9 @@ class UFileProxy:
             low = name.lower()
             if low in BANNED_HEADERS or low.startswith("x-amz-checksum-"):
                 return f"header {name} is not supported (no Content-MD5, no S3 checksums)"
-        if "chunked" in headers.get("Transfer-Encoding", "").lower() or "aws-chunked" in headers.get("Content-Encoding", ""):
+        if "chunked" in headers.get("Transfer-Encoding", "").lower() or "aws-chunked" in headers.get(
+            "Content-Encoding", ""
+        ):
             return "chunked uploads are not supported"
         size = int(headers.get("Content-Length") or 0)
         is_object = path.strip("/").count("/") >= 1
