@@ -85,24 +85,7 @@ def runbook_way(cluster: EtcdCluster, weed: SeaweedFS, bucket: str, workdir: Pat
     """etcdctl snapshot save, tar czf, boto3 upload_file: the old plugin's steps."""
     db = workdir / "runbook.db"
     started = time.monotonic()
-    subprocess.run(
-        [
-            cluster.binaries.etcdctl,
-            f"--endpoints={cluster.endpoints[0]}",
-            "--cacert",
-            cluster.ca,
-            "--cert",
-            cluster.cert,
-            "--key",
-            cluster.key,
-            "snapshot",
-            "save",
-            db,
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "ETCDCTL_API": "3"},
-    )
+    etcdctl_save(cluster, db)
     subprocess.run(["tar", "czf", f"{db}.tar.gz", "-C", workdir, db.name], check=True)
     weed.client().upload_file(f"{db}.tar.gz", bucket, "runbook/" + db.name + ".tar.gz")
     seconds = time.monotonic() - started

@@ -97,7 +97,7 @@ def runbook_way(spec: ClusterSpec, storage: LocalStorage, workdir: Path, run_id:
     pipeline.fetch_snapshot(storage, chosen, workdir / "runbook.db")
     nodes = nodes_of(spec)
     token = f"runbook-{run_id}"
-    for node, member in zip(nodes, spec.nodes):
+    for node, member in zip(nodes, spec.nodes, strict=True):
         node.run("systemctl stop etcd")
         node.run(f"mv /var/lib/etcd /var/lib/etcd.runbook-{run_id} && mkdir /var/lib/etcd")
         node.put_file(str(workdir / "runbook.db"), "/root/runbook.db", timeout=3600)

@@ -6,7 +6,16 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from etcd_backup.cluster import ClusterSpec, MasterNode, NodeLayout, SSHAccess
+from etcd_backup.etcd import EtcdAccess
 
+SHARED_FIELDS = ("cluster_id", "endpoints", "ca_pem", "cert_pem", "key_pem", "nodes", "layout")
+LOGIN = {  # block field -> SSHAccess field
+    "ssh_user": "user",
+    "ssh_private_key": "private_key",
+    "ssh_password": "password",
+    "known_hosts": "known_hosts",
+    "use_sudo": "use_sudo",
+}
 LOGO = "https://raw.githubusercontent.com/etcd-io/etcd/main/logos/etcd-glyph-color.png"
 
 
@@ -39,31 +48,17 @@ class EtcdCluster(Block):
         """The core description of the cluster."""
         ssh = None
         if self.ssh_private_key is not None or self.ssh_password is not None:
-            ssh = SSHAccess(
-                user=self.ssh_user,
-                private_key=self.ssh_private_key,
-                password=self.ssh_password,
-                known_hosts=self.known_hosts,
-                use_sudo=self.use_sudo,
-            )
-        return ClusterSpec(
-            cluster_id=self.cluster_id,
-            endpoints=self.endpoints,
-            ca_pem=self.ca_pem,
-            cert_pem=self.cert_pem,
-            key_pem=self.key_pem,
-            nodes=self.nodes,
-            ssh=ssh,
-            layout=self.layout,
-        )
+            ssh = SSHAccess(**{field: getattr(self, mine) for mine, field in LOGIN.items()})
+        return ClusterSpec(ssh=ssh, **{name: getattr(self, name) for name in SHARED_FIELDS})
 
-    def access(self, timeout: float = 10.0):
-        """An etcd_backup.etcd.EtcdAccess for the cluster's client endpoints."""
-        from etcd_backup.etcd import EtcdAccess
-
+    def access(self, timeout: float = 10.0, *, with_nodes: bool = False) -> EtcdAccess:
+        """An EtcdAccess for the cluster's client endpoints (with_nodes: also every master's client URL)."""
         spec = self.spec()
+        endpoints = list(spec.endpoints)
+        if with_nodes:
+            endpoints = list(dict.fromkeys(endpoints + [spec.client_url(n) for n in spec.nodes]))
         return EtcdAccess(
-            endpoints=spec.endpoints,
+            endpoints=tuple(endpoints),
             ca=spec.ca_pem,
             cert=spec.cert_pem,
             key=spec.key_pem.get_secret_value(),
@@ -73,18 +68,5 @@ class EtcdCluster(Block):
     @classmethod
     def from_spec(cls, spec: ClusterSpec) -> EtcdCluster:
         """A block holding everything in spec."""
-        ssh = spec.ssh
-        return cls(
-            cluster_id=spec.cluster_id,
-            endpoints=spec.endpoints,
-            ca_pem=spec.ca_pem,
-            cert_pem=spec.cert_pem,
-            key_pem=spec.key_pem,
-            nodes=spec.nodes,
-            layout=spec.layout,
-            ssh_user=ssh.user if ssh else "root",
-            ssh_private_key=ssh.private_key if ssh else None,
-            ssh_password=ssh.password if ssh else None,
-            known_hosts=ssh.known_hosts if ssh else "",
-            use_sudo=ssh.use_sudo if ssh else False,
-        )
+        login = {mine: getattr(spec.ssh, field) for mine, field in LOGIN.items()} if spec.ssh else {}
+        return cls(**login, **{name: getattr(spec, name) for name in SHARED_FIELDS})

@@ -59,7 +59,8 @@ def first_run(
 def summary(name: str, spec: ClusterSpec) -> str:
     """A secret-free description of what was saved."""
     nodes = ", ".join(f"{n.name} ({n.ip})" for n in spec.nodes)
-    return f"saved etcd-cluster/{name}: {spec.cluster_id}, {len(spec.nodes)} masters: {nodes}; endpoints {', '.join(spec.endpoints)}"
+    endpoints = ", ".join(spec.endpoints)
+    return f"saved etcd-cluster/{name}: {spec.cluster_id}, {len(spec.nodes)} masters: {nodes}; endpoints {endpoints}"
 
 
 def _parser() -> argparse.ArgumentParser:

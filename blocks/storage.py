@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import secrets
-import tempfile
 from typing import Literal
 
 from prefect.blocks.core import Block
@@ -32,11 +31,8 @@ class StorageBlock(Block):
 
     def check(self) -> str:
         """Prove upload, list, download and delete work; raises StorageError naming the missing right."""
-        storage = self.build()
-        try:
+        with self.build() as storage:
             return probe_rights(storage)
-        finally:
-            storage.close()
 
 
 class UFileStorage(StorageBlock):
@@ -62,15 +58,8 @@ class UFileStorage(StorageBlock):
         """A core UFileStorage on the bucket."""
         from etcd_backup.storage.s3 import ufile_storage
 
-        return ufile_storage(
-            self.public_key,
-            self.private_key.get_secret_value(),
-            self.region,
-            self.bucket,
-            self.prefix,
-            internal=self.internal,
-            endpoint_url=self.endpoint_url,
-        )
+        secret, where = self.private_key.get_secret_value(), (self.region, self.bucket, self.prefix)
+        return ufile_storage(self.public_key, secret, *where, internal=self.internal, endpoint_url=self.endpoint_url)
 
 
 class S3Storage(StorageBlock):
@@ -103,20 +92,8 @@ class S3Storage(StorageBlock):
             access_key=self.access_key_id,
             secret_key=self.secret_access_key.get_secret_value(),
             addressing_style=self.addressing_style,
-            verify=self._verify(),
+            verify=(self.ca_bundle or True) if self.verify_tls else False,
         )
-
-    def _verify(self) -> bool | str:
-        """boto3's verify: False, True, or a CA bundle path (PEM text is written to a temp file)."""
-        if not self.verify_tls:
-            return False
-        if not self.ca_bundle:
-            return True
-        if "-----BEGIN" not in self.ca_bundle:
-            return self.ca_bundle
-        with tempfile.NamedTemporaryFile("w", prefix="ca-bundle-", suffix=".pem", delete=False) as f:
-            f.write(self.ca_bundle)
-        return f.name
 
 
 class SSHServerStorage(StorageBlock):
@@ -143,16 +120,10 @@ class SSHServerStorage(StorageBlock):
         """A core SFTPStorage on the directory."""
         from etcd_backup.storage.sftp import SFTPStorage
 
-        return SFTPStorage(
-            self.host,
-            self.port,
-            self.user,
-            self.directory,
-            private_key=self.private_key.get_secret_value() if self.private_key else None,
-            password=self.password.get_secret_value() if self.password else None,
-            known_hosts=self.known_hosts or None,
-            host_fingerprint=self.host_fingerprint,
-        )
+        key = self.private_key.get_secret_value() if self.private_key else None
+        password = self.password.get_secret_value() if self.password else None
+        pins = {"known_hosts": self.known_hosts or None, "host_fingerprint": self.host_fingerprint}
+        return SFTPStorage(self.host, self.port, self.user, self.directory, private_key=key, password=password, **pins)
 
 
 class LocalStorage(StorageBlock):

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from prefect.schedules import Cron
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from etcd_backup.codecs import COMPRESSIONS
+from etcd_backup.compression import Compression
 from etcd_backup.errors import ConfigError
+from etcd_backup.retention import Retention
+
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12), ("weekday", 0, 7))
 
 
-def check_cron(expr: str) -> str:
+def check_cron(expr: str, timezone: str = "UTC") -> str:
     """Accept a five-field crontab expression (as in the runbook) or raise ConfigError."""
-    from prefect._internal.schemas.validators import validate_cron_string
-
     fields = expr.split()
     if len(fields) != 5:
         raise ConfigError(
@@ -23,8 +26,13 @@ def check_cron(expr: str) -> str:
             "'<minute> <hour> <day> <month> <weekday>', e.g. '0 0 * * *'",
             step="schedule",
         )
+    for text, (name, low, high) in zip(fields, CRON_FIELDS, strict=True):
+        for step in re.findall(r"/(\d+)", text):
+            if not 1 <= int(step) <= high - low + 1:
+                where = f"step /{step} of the {name} field is outside {low}-{high}"
+                raise ConfigError(f"cron {expr!r}: {where}", step="schedule")
     try:
-        validate_cron_string(expr)
+        Cron(expr, timezone=timezone)
     except ValueError as exc:
         raise ConfigError(f"cron {expr!r} is not valid: {exc}", step="schedule") from None
     return expr
@@ -37,8 +45,8 @@ class BackupSchedule(BaseModel):
     storage: str = Field(description="storage block as '<block-type-slug>/<name>'")
     cron: str = "0 0 * * *"
     timezone: str = "UTC"
-    keep: int = Field(7, ge=1)
-    compression: str = "zstd"
+    keep: Retention = 7
+    compression: Compression = "zstd"
     encrypt_to: list[str] = []
     notify: str | None = Field(None, description="notification block as '<block-type-slug>/<name>'")
 
@@ -61,13 +69,6 @@ class BackupSchedule(BaseModel):
     def _slug(cls, v: str | None) -> str | None:
         if v is not None and v.count("/") != 1:
             raise ValueError(f"{v!r} must be '<block-type-slug>/<name>', e.g. 'ufile-storage/prod'")
-        return v
-
-    @field_validator("compression")
-    @classmethod
-    def _compression(cls, v: str) -> str:
-        if v not in COMPRESSIONS:
-            raise ValueError(f"compression {v!r} is not one of {', '.join(COMPRESSIONS)}")
         return v
 
     def parameters(self) -> dict:

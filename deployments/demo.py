@@ -107,7 +107,7 @@ def _run(storage: str, port: int) -> int:
     schedule = BackupSchedule(cluster=CLUSTER, storage=storage, cron="* * * * *", keep=5)
     print("demo: first backup now ...", flush=True)
     record = backup_etcd(**schedule.parameters())
-    print(f"\ndemo: backup stored: {record['key']} ({record['size']} bytes, revision {record['revision']})")
+    print(f"\ndemo: backup stored: {record.key} ({record.size} bytes, revision {record.revision})")
     print(f"  Prefect UI:  http://127.0.0.1:{port}  (Runs, Deployments, Artifacts, Blocks)")
     print(f"  storage:     {storage}" + (f" -> {DEMO / 'backups'}" if storage.startswith("local") else ""))
     print("  schedule:    every minute, keep 5  (Ctrl-C stops everything)\n", flush=True)

@@ -7,25 +7,25 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from etcd_backup.compression import Compression, unknown
 from etcd_backup.errors import ConfigError, NotFound
 from etcd_backup.storage.base import Storage
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = 1
 TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
-EXTENSIONS = {"tar.gz": ".db.tar.gz", "zstd": ".db.zst", "gzip": ".db.gz", "none": ".db"}
-Compression = Literal["tar.gz", "zstd", "gzip", "none"]
+EXTENSIONS: dict[str, str] = {"tar.gz": ".db.tar.gz", "zstd": ".db.zst", "gzip": ".db.gz", "none": ".db"}
 
 _NAME = re.compile(
     r"^(?P<cluster>.+?)-backup-etcd-(?P<version>\d+\.\d+\.\d+[0-9A-Za-z.+-]*?)"
     r"-(?P<time>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})"
     r"\.db(?P<ext>\.tar\.gz|\.zst|\.gz)?(?P<age>\.age)?$"
 )
-_COMPRESSION_BY_EXT = {".tar.gz": "tar.gz", ".zst": "zstd", ".gz": "gzip", None: "none"}
+_COMPRESSION_BY_EXT: dict[str | None, Compression] = {".tar.gz": "tar.gz", ".zst": "zstd", ".gz": "gzip", None: "none"}
 
 
 def current_tool_version() -> str:
@@ -44,7 +44,7 @@ class ParsedName:
     cluster_id: str
     etcd_version: str
     time: datetime
-    compression: str
+    compression: Compression
     encrypted: bool
 
 
@@ -58,7 +58,7 @@ def format_key(
 ) -> str:
     """The object key for a backup, in the runbook's naming (e.g. uk8s-x-backup-etcd-3.3.17-...db.tar.gz)."""
     if compression not in EXTENSIONS:
-        raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(EXTENSIONS)}")
+        raise unknown(compression)
     if not cluster_id or "/" in cluster_id:
         raise ConfigError(f"cluster id {cluster_id!r} must be non-empty and contain no '/'")
     if when.tzinfo is not None:
@@ -103,8 +103,7 @@ class Manifest(BaseModel):
     raw_sha256: str
     # revision and key_count: a serializable count on the source member right after the snapshot's first
     # chunk arrived (its read transaction is open then); revision_exact: a count just before the snapshot
-    # request saw the same revision, so the snapshot holds exactly this revision. `inspect_db` gives the
-    # snapshot's own revision from a file.
+    # request saw the same revision, so the snapshot holds exactly this revision.
     revision: int
     revision_exact: bool
     key_count: int
@@ -112,13 +111,34 @@ class Manifest(BaseModel):
     source_member: str
     source_endpoint: str
     created: datetime
-    compression: str
+    compression: Compression
     encryption: str | None = None
     recipients: list[str] = []
 
     def to_json(self) -> bytes:
         """Serialise for storage."""
         return self.model_dump_json(indent=2).encode()
+
+
+class BackupRecord(Manifest):
+    """What one backup run stored: its manifest plus what the run adds (duration, compression ratio)."""
+
+    duration_seconds: float
+    ratio: float
+
+    @property
+    def manifest_key(self) -> str:
+        """Where the manifest of this backup lives."""
+        return manifest_key(self.key)
+
+    @property
+    def encrypted(self) -> bool:
+        """True when the object is age-encrypted."""
+        return bool(self.encryption)
+
+    def __getitem__(self, field: str) -> Any:
+        """record["key"] as well as record.key, for callers that read the run's result as a mapping."""
+        return getattr(self, field)
 
 
 def manifest_key(key: str) -> str:
@@ -149,7 +169,7 @@ class Backup:
     cluster_id: str
     time: datetime
     size: int
-    compression: str
+    compression: Compression
     encrypted: bool
     complete: bool
     legacy: bool

@@ -150,7 +150,7 @@ def _finding(
     if is_member is False:
         notes.append("not in the etcd member list")
     state = _state(facts, health)
-    if state == FAILED and facts.etcd_active and not quorum:
+    if state == FAILED and facts is not None and facts.etcd_active and not quorum:
         state = NO_QUORUM
     return NodeFinding(name=node.name, ip=node.ip, state=state, health=health, is_member=is_member, notes=tuple(notes))
 

@@ -7,6 +7,8 @@ import logging
 import shlex
 from urllib.parse import urlparse
 
+from pydantic import SecretStr
+
 from etcd_backup.cluster import ClusterSpec, MasterNode, NodeLayout, SSHAccess
 from etcd_backup.errors import ConfigError, NodeError
 from etcd_backup.nodes import Node, nodes_of
@@ -38,7 +40,7 @@ def discover(
     client_port = urlparse(client_urls[0]).port if client_urls else layout.client_port
     layout = layout.model_copy(update={"peer_port": peer_port, "client_port": client_port or layout.client_port})
     return ClusterSpec(
-        cluster_id=cluster_id, ca_pem=ca, cert_pem=cert, key_pem=key, nodes=nodes, ssh=access, layout=layout
+        cluster_id=cluster_id, ca_pem=ca, cert_pem=cert, key_pem=SecretStr(key), nodes=nodes, ssh=access, layout=layout
     )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -12,9 +13,11 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from pyetcd import etcdrpc
 
 from etcd_backup.errors import ConfigError, EtcdUnavailable
+from etcd_backup.snapshot import TRAILER
 
 T = TypeVar("T")
-TRAILER = 32
+HEALTH_ROUNDS = 3  # checks of an unhealthy endpoint before it counts as unhealthy
+HEALTH_PAUSE = 2.0  # seconds between them
 MIN_SNAPSHOT_RATE = 2 << 20  # bytes/s the snapshot deadline allows for, at the least
 # A fixed 4 MiB HTTP/2 window: with BDP probing gRPC grows it and buffers tens of MB of snapshot.
 MEMBER_IS_LEARNER, STATUS_IS_LEARNER = 5, 10  # proto field numbers newer than pyetcd's generated code
@@ -186,11 +189,26 @@ def key_count(access: EtcdAccess, endpoint: str) -> tuple[int, int]:
     return resp.header.revision, resp.count
 
 
-def health(access: EtcdAccess) -> dict[str, str]:
-    """Per endpoint, 'ok' when a linearizable read succeeds (like `etcdctl endpoint health`), else the error."""
+def health(access: EtcdAccess, *, rounds: int = HEALTH_ROUNDS, pause: float = HEALTH_PAUSE) -> dict[str, str]:
+    """Per endpoint 'ok' when a linearizable read succeeds (`etcdctl endpoint health`), else the error.
+
+    Endpoints that fail are asked again, up to `rounds` times `pause` seconds apart: a leader
+    election right after a failure can fail one check of a good member.
+    """
+    result = _health_once(access, access.endpoints)
+    for _ in range(rounds - 1):
+        bad = [e for e, state in result.items() if state != "ok"]
+        if not bad:
+            break
+        time.sleep(pause)
+        result.update(_health_once(access, bad))
+    return result
+
+
+def _health_once(access: EtcdAccess, endpoints: Iterable[str]) -> dict[str, str]:
     result = {}
     request = etcdrpc.RangeRequest(key=b"health")
-    for endpoint in access.endpoints:
+    for endpoint in endpoints:
         try:
             _call(
                 access, endpoint, "endpoint health", lambda c: etcdrpc.KVStub(c).Range(request, timeout=access.timeout)

@@ -18,13 +18,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import paramiko
 
 from etcd_backup import ssh
 from etcd_backup.cluster import ClusterSpec, MasterNode, NodeLayout, SSHAccess
 from etcd_backup.errors import ConfigError, NodeError
+from etcd_backup.storage.base import Readable
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Node:
         check: bool = True,
         sudo: bool | None = None,
         env: dict[str, str] | None = None,
-        stdin: bytes | BinaryIO | None = None,
+        stdin: bytes | Readable | None = None,
     ) -> Result:
         """Run a shell command, wait at most timeout seconds, and raise NodeError on failure when check.
 
@@ -119,7 +119,7 @@ class Node:
         timeout: float,
         sudo: bool | None = None,
         env: dict[str, str] | None = None,
-        stdin: bytes | BinaryIO | None = None,
+        stdin: bytes | Readable | None = None,
     ) -> tuple[bytes, bytes, int]:
         """Run cmd and return raw stdout, stderr and exit code."""
         deadline = time.monotonic() + timeout
@@ -159,7 +159,7 @@ class Node:
             return f"sudo -n sh -c {shlex.quote(cmd)}"
         return f"sh -c {shlex.quote(cmd)}"
 
-    def _send(self, chan: paramiko.Channel, source: bytes | BinaryIO, deadline: float, cmd: str) -> str | None:
+    def _send(self, chan: paramiko.Channel, source: bytes | Readable, deadline: float, cmd: str) -> str | None:
         """Write all of source to the command's stdin; returns why it stopped early, if it did."""
         chunks = [source] if isinstance(source, (bytes, bytearray)) else iter(lambda: source.read(CHUNK), b"")
         try:
@@ -241,7 +241,7 @@ class Node:
     def write(
         self,
         path: str,
-        data: bytes | str | BinaryIO,
+        data: bytes | str | Readable,
         mode: int | None = None,
         *,
         make_parents: bool = True,

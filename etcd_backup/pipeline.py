@@ -7,32 +7,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from etcd_backup import etcd
-from etcd_backup.catalog import (
-    Backup,
-    Manifest,
-    format_key,
-    manifest_key,
-    parse_key,
-    read_manifest,
-)
-from etcd_backup.codecs import (
-    COMPRESSIONS,
-    DECODE_ERRORS,
-    Encryptor,
-    HashingReader,
-    compressor,
-    decompressor,
-    decrypting_reader,
-    parse_identities,
-    parse_recipients,
-)
+from etcd_backup.catalog import Backup, BackupRecord, Manifest, format_key, manifest_key, parse_key, read_manifest
+from etcd_backup.compression import COMPRESSIONS, DECODE_ERRORS, Compression, compressor, decompressor, unknown
+from etcd_backup.encryption import DECRYPT_ERRORS, Encryptor, decrypting_reader, parse_identities, parse_recipients
 from etcd_backup.errors import BackupCorrupt, ConfigError, EtcdUnavailable, NotFound
+from etcd_backup.hashing import HashingReader
 from etcd_backup.snapshot import SnapshotCheck
 from etcd_backup.storage.base import Storage
 from etcd_backup.storage.stream import Pipe
@@ -41,39 +26,13 @@ Progress = Callable[[int, int], None]
 PROGRESS_EVERY = 64 << 20
 
 
-@dataclass(frozen=True)
-class BackupRecord:
-    """What one backup run stored, for reports."""
-
-    key: str
-    manifest_key: str
-    size: int
-    sha256: str
-    raw_size: int
-    raw_sha256: str
-    revision: int
-    revision_exact: bool
-    key_count: int
-    etcd_version: str
-    source_member: str
-    source_endpoint: str
-    compression: str
-    encrypted: bool
-    duration_seconds: float
-    ratio: float
-
-    def to_dict(self) -> dict:
-        """Plain dict for JSON reports."""
-        return asdict(self)
-
-
 def backup(
     access: etcd.EtcdAccess,
     storage: Storage,
     *,
     cluster_id: str,
     prefix: str = "",
-    compression: str = "zstd",
+    compression: Compression = "zstd",
     recipients: Iterable[str] = (),
     on_progress: Progress | None = None,
     now: datetime | None = None,
@@ -85,7 +44,7 @@ def backup(
     `sources` is the member order to try (default: etcd.pick_sources, leader first).
     """
     if compression not in COMPRESSIONS:
-        raise ConfigError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
+        raise unknown(compression)
     recipient_keys = [r.strip() for r in recipients]
     parsed = parse_recipients(recipient_keys)
     when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
@@ -107,7 +66,7 @@ class _Job:
     storage: Storage
     cluster_id: str
     prefix: str
-    compression: str
+    compression: Compression
     recipient_keys: list[str]
     recipients: list
     when: datetime
@@ -126,13 +85,10 @@ class _Job:
         with etcd.SnapshotStream(self.access, self.endpoint, st.db_size) as stream:
             rev_after, keys = etcd.key_count(self.access, self.endpoint)  # the snapshot's read tx is open now
             stored, check = self._store(key, stream, member)
-        manifest = Manifest(
+        record = BackupRecord(
             cluster=self.cluster_id,
             key=key,
-            size=stored.size,
-            sha256=stored.sha256,
-            raw_size=check.size,
-            raw_sha256=check.sha256,
+            **_digests(stored, check),
             revision=rev_after,
             revision_exact=rev_before == rev_after,
             key_count=keys,
@@ -143,30 +99,15 @@ class _Job:
             compression=self.compression,
             encryption="age" if self.recipients else None,
             recipients=self.recipient_keys,
+            duration_seconds=0.0,
+            ratio=round(check.size / stored.size, 3) if stored.size else 0.0,
         )
         try:
-            self.storage.put(manifest_key(key), io.BytesIO(manifest.to_json()))
+            self.storage.put(manifest_key(key), io.BytesIO(Manifest(**record.model_dump()).to_json()))
         except BaseException:
             _forget(self.storage, key)
             raise
-        return BackupRecord(
-            key=key,
-            manifest_key=manifest_key(key),
-            size=stored.size,
-            sha256=stored.sha256,
-            raw_size=check.size,
-            raw_sha256=check.sha256,
-            revision=manifest.revision,
-            revision_exact=manifest.revision_exact,
-            key_count=keys,
-            etcd_version=st.version,
-            source_member=member,
-            source_endpoint=self.endpoint,
-            compression=self.compression,
-            encrypted=bool(self.recipients),
-            duration_seconds=round(time.monotonic() - started, 3),
-            ratio=round(check.size / stored.size, 3) if stored.size else 0.0,
-        )
+        return record.model_copy(update={"duration_seconds": round(time.monotonic() - started, 3)})
 
     def _store(self, key: str, stream: etcd.SnapshotStream, member: str) -> tuple[HashingReader, SnapshotCheck]:
         """Run the producer thread into a pipe that storage.put reads; nothing visible unless all went well."""
@@ -254,15 +195,34 @@ def _forget(storage: Storage, key: str) -> None:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """A backup read back end to end: stored and raw sizes and digests, all checked."""
+    """A backup read back end to end: stored and raw sizes and digests checked, with its manifest (None: legacy)."""
 
     key: str
     size: int
     sha256: str
     raw_size: int
     raw_sha256: str
-    legacy: bool
-    manifest: Manifest | None
+    manifest: Manifest | None = field(default=None, repr=False)
+
+    @property
+    def legacy(self) -> bool:
+        """True for an object without a manifest (the old plugin's *.db.tar.gz, a plain .db)."""
+        return self.manifest is None
+
+    @property
+    def revision(self) -> int | None:
+        """The revision the manifest records, if there is one."""
+        return self.manifest.revision if self.manifest else None
+
+    @property
+    def key_count(self) -> int | None:
+        """The key count the manifest records, if there is one."""
+        return self.manifest.key_count if self.manifest else None
+
+    @property
+    def etcd_version(self) -> str | None:
+        """The etcd version of the source member, if the manifest says."""
+        return self.manifest.etcd_version if self.manifest else None
 
 
 def verify(storage: Storage, key_or_backup: str | Backup, identities: Iterable[str | bytes] = ()) -> VerifyResult:
@@ -297,10 +257,12 @@ def _read_back(storage: Storage, key: str, identities: list, sink: BinaryIO | No
         manifest = read_manifest(storage, key)
     except NotFound:
         manifest = None
-    if manifest is None and parsed is None:
+    if manifest is not None:
+        compression, encrypted = manifest.compression, bool(manifest.encryption)
+    elif parsed is not None:
+        compression, encrypted = parsed.compression, parsed.encrypted
+    else:
         raise BackupCorrupt("not a backup name and no manifest", step="verify", node=key)
-    compression = manifest.compression if manifest else parsed.compression
-    encrypted = bool(manifest.encryption) if manifest else parsed.encrypted
     ids = parse_identities(identities) if encrypted else []
     if encrypted and not ids:
         raise ConfigError(f"{key} is encrypted; give an age identity to read it", step="verify")
@@ -316,21 +278,18 @@ def _read_back(storage: Storage, key: str, identities: list, sink: BinaryIO | No
                     sink.write(chunk)
             while inner.read(1 << 20):  # the rest (tar padding, age end), so digests cover everything
                 pass
-        except DECODE_ERRORS as exc:
+        except DECODE_ERRORS + DECRYPT_ERRORS as exc:
             raise BackupCorrupt(f"cannot decode: {exc.__class__.__name__}: {exc}", step="verify", node=key) from None
         finally:
             if isinstance(inner, Pipe):
                 inner.stop_reading()  # lets the decrypting thread end if we stopped early
     _compare(key, manifest, stored, check)
-    return VerifyResult(
-        key=key,
-        size=stored.size,
-        sha256=stored.sha256,
-        raw_size=check.size,
-        raw_sha256=check.sha256,
-        legacy=manifest is None,
-        manifest=manifest,
-    )
+    return VerifyResult(key=key, **_digests(stored, check), manifest=manifest)
+
+
+def _digests(stored: HashingReader, check: SnapshotCheck) -> dict:
+    """Sizes and sha256 of the stored object and of the raw snapshot, as both records name them."""
+    return {"size": stored.size, "sha256": stored.sha256, "raw_size": check.size, "raw_sha256": check.sha256}
 
 
 def _compare(key: str, manifest: Manifest | None, stored: HashingReader, check: SnapshotCheck) -> None:

@@ -6,6 +6,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from etcd_backup.catalog import Backup
 from etcd_backup.errors import ConfigError
@@ -14,7 +17,7 @@ from etcd_backup.storage.base import Storage
 _TIERS = {
     "hourly": lambda t: t.strftime("%Y-%m-%d %H:00"),
     "daily": lambda t: t.strftime("%Y-%m-%d"),
-    "weekly": lambda t: "%04d-W%02d" % t.isocalendar()[:2],
+    "weekly": lambda t: "{:04d}-W{:02d}".format(*t.isocalendar()[:2]),
     "monthly": lambda t: t.strftime("%Y-%m"),
 }
 _WORDS = {"keep": "keep_last", "last": "keep_last", **{tier: tier for tier in _TIERS}}
@@ -36,7 +39,7 @@ class Policy:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"retention {name} must be a whole number >= 0, got {value!r}")
         if self.keep_last < 1:
-            raise ConfigError("retention must keep at least the newest backup (keep >= 1)")
+            raise ConfigError("keep must be greater than or equal to 1: retention always keeps the newest backup")
 
     @classmethod
     def parse(cls, text: str | int) -> Policy:
@@ -66,6 +69,19 @@ class Policy:
     def __str__(self) -> str:
         tiers = [f"{t} {getattr(self, t)}" for t in _TIERS if getattr(self, t)]
         return ", ".join([f"keep {self.keep_last}", *tiers])
+
+
+def _checked(value: int | str) -> int | str:
+    """Validate a retention parameter with Policy.parse (pydantic wants ValueError)."""
+    try:
+        Policy.parse(value)
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+Retention = Annotated[int | str, AfterValidator(_checked)]
+"""A retention parameter: a count (keep the newest N) or a policy string Policy.parse reads."""
 
 
 @dataclass
@@ -124,7 +140,7 @@ def _choose(newest_first: list[Backup], policy: Policy) -> dict[str, str]:
     for rank, backup in enumerate(newest_first[: policy.keep_last], start=1):
         reasons.setdefault(backup.key, []).append("newest" if rank == 1 else f"last {rank}")
     for tier, bucket_of in _TIERS.items():
-        wanted, seen = getattr(policy, tier), set()
+        wanted, seen = getattr(policy, tier), set[str]()
         for backup in newest_first:
             if len(seen) >= wanted:
                 break

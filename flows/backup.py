@@ -4,50 +4,75 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from blocks import EtcdCluster
-from etcd_backup.codecs import COMPRESSIONS
-from etcd_backup.errors import ConfigError
-from etcd_backup.retention import Policy
+from blocks import EtcdCluster, load_storage
+from etcd_backup.catalog import BackupRecord
+from etcd_backup.compression import Compression
+from etcd_backup.retention import Retention
 from flows.notify import notify_on_failure
 from flows.report import backup_report, backups_table, retention_report
 from tasks import backup as steps
+from tasks.cluster import endpoint_health
 
 
-@flow(name="etcd-backup", on_failure=[notify_on_failure], log_prints=False)
+@flow(name="etcd-backup", on_failure=[notify_on_failure])
 def backup_etcd(
     cluster: str,
     storage: str,
-    keep: int = 7,
-    compression: str = "zstd",
-    encrypt_to: list[str] = [],
+    keep: Retention = 7,
+    compression: Compression = "zstd",
+    encrypt_to: list[str] = [],  # noqa: B006 - Prefect shows the default in the run form
     notify: str | None = None,
-) -> dict:  # noqa: B006 - Prefect shows the default
-    """Back up one etcd cluster to a storage block and keep the newest `keep` backups."""
-    if compression not in COMPRESSIONS:
-        raise ConfigError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}", step="parameters")
-    Policy.parse(keep)
-    cluster_id = EtcdCluster.load(cluster).cluster_id
-    sources = steps.choose_sources(cluster)
-    record = steps.snapshot_to_storage(cluster, storage, compression, list(encrypt_to), sources)
-    plan = steps.plan_retention(cluster, storage, keep)
-    removed = steps.prune(storage, plan, dry_run=False)
-    backup_report(cluster_id, record, plan, removed, dry_run=False)
-    get_run_logger().info("backup %s done; %d old backup(s) pruned", record["key"], len(removed))
+) -> BackupRecord:
+    """Back up one etcd cluster to a storage block, then apply the retention policy.
+
+    Args:
+        cluster: name of the EtcdCluster block
+        storage: storage block as '<block-type-slug>/<name>', e.g. 'ufile-storage/prod'
+        keep: the newest N backups to keep, or a policy such as "keep 7, daily 7, weekly 4, monthly 6"
+        compression: zstd, gzip, tar.gz (the old plugin's format) or none
+        encrypt_to: age public keys (age1...) or SSH public keys to encrypt the backup to
+        notify: notification block as '<block-type-slug>/<name>' to alert on failure
+    """
+    target = EtcdCluster.load(cluster)
+    access = target.access()
+    with load_storage(storage).build() as store:
+        endpoint_health(access)
+        sources = steps.choose_sources(access)
+        record = steps.snapshot_to_storage(target, store, compression, list(encrypt_to), sources)
+        plan = steps.plan_retention(store, target.cluster_id, keep)
+        removed = steps.prune(store, plan, dry_run=False)
+    backup_report(record, plan, removed)
+    get_run_logger().info("backup %s done; %d old backup(s) pruned", record.key, len(removed))
     return record
 
 
 @flow(name="etcd-list-backups")
 def list_backups(cluster: str, storage: str) -> list[dict]:
-    """Show every backup of the cluster in storage as a table."""
+    """Show every backup of the cluster in storage as a table.
+
+    Args:
+        cluster: name of the EtcdCluster block
+        storage: storage block as '<block-type-slug>/<name>'
+    """
     cluster_id = EtcdCluster.load(cluster).cluster_id
-    return backups_table(cluster_id, steps.list_backups(cluster, storage))
+    with load_storage(storage).build() as store:
+        backups = steps.list_backups(store, cluster_id)
+    return backups_table(cluster_id, backups)
 
 
 @flow(name="etcd-prune-backups")
-def prune_backups(cluster: str, storage: str, keep: int = 7, dry_run: bool = True) -> list[str]:
-    """Apply retention to the cluster's backups; by default only say what would be deleted."""
+def prune_backups(cluster: str, storage: str, keep: Retention = 7, dry_run: bool = True) -> list[str]:
+    """Apply retention to the cluster's backups; by default only say what would be deleted.
+
+    Args:
+        cluster: name of the EtcdCluster block
+        storage: storage block as '<block-type-slug>/<name>'
+        keep: the newest N backups to keep, or a policy such as "keep 7, daily 7, weekly 4, monthly 6"
+        dry_run: only list what would be deleted (the default); set false to delete
+    """
     cluster_id = EtcdCluster.load(cluster).cluster_id
-    plan = steps.plan_retention(cluster, storage, keep)
-    removed = steps.prune(storage, plan, dry_run=dry_run)
+    with load_storage(storage).build() as store:
+        plan = steps.plan_retention(store, cluster_id, keep)
+        removed = steps.prune(store, plan, dry_run=dry_run)
     retention_report(cluster_id, plan, removed, dry_run)
     return removed

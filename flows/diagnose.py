@@ -11,18 +11,25 @@ from prefect.artifacts import create_markdown_artifact
 from blocks import EtcdCluster
 from etcd_backup.diagnose import Diagnosis, diagnose
 from etcd_backup.facts import NodeFacts
-from flows.report import artifact_key, human_size
-from tasks import diagnose as steps
+from flows.report import human_size
+from tasks.artifacts import artifact_key
+from tasks.cluster import endpoint_health, member_list, node_facts
+
+ETCD_TIMEOUT = 5.0
 
 
 @flow(name="etcd-diagnose")
 def diagnose_cluster(cluster: str) -> dict:
-    """Check endpoint health, the member list and every node, then say which restore case applies and what to run."""
-    spec = EtcdCluster.load(cluster).spec()
-    health = steps.endpoint_health.submit(cluster)
-    members = steps.member_list.submit(cluster)
-    facts = steps.node_facts.submit(cluster)
-    found = facts.result()
+    """Check endpoint health, the member list and every node, then say which restore case applies and what to run.
+
+    Args:
+        cluster: name of the EtcdCluster block
+    """
+    target = EtcdCluster.load(cluster)
+    spec, access = target.spec(), target.access(timeout=ETCD_TIMEOUT, with_nodes=True)
+    health = endpoint_health.submit(access)
+    members = member_list.submit(access)
+    found = node_facts.submit(spec).result()
     diagnosis = diagnose(spec, found, health.result(), members.result())
     commands = [run_command(a.flow, cluster, a.parameters) for a in diagnosis.actions]
     create_markdown_artifact(
@@ -51,7 +58,7 @@ def report(cluster_id: str, diagnosis: Diagnosis, facts: list[NodeFacts], comman
         f"Quorum: {'kept' if diagnosis.quorum else 'lost'}",
         "",
     ]
-    for action, command in zip(diagnosis.actions, commands):
+    for action, command in zip(diagnosis.actions, commands, strict=True):
         params = ", ".join(f"`{k}={v}`" for k, v in action.parameters.items())
         lines += [
             f"Run flow `{action.flow}` with {params}" + ("" if action.ready else f" (first: {action.note})"),

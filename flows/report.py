@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from etcd_backup.catalog import Backup
+from etcd_backup.catalog import Backup, BackupRecord
 from etcd_backup.retention import RetentionPlan
+from tasks.artifacts import artifact_key
 
 
 def human_size(n: float) -> str:
@@ -17,32 +18,23 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def artifact_key(prefix: str, name: str) -> str:
-    """A valid artifact key (lowercase letters, digits, dashes)."""
-    slug = "".join(c if c.isalnum() else "-" for c in f"{prefix}-{name}".lower())
-    return "-".join(filter(None, slug.split("-")))
-
-
-def backup_report(cluster_id: str, record: dict, plan: RetentionPlan, removed: list[str], dry_run: bool) -> None:
+def backup_report(record: BackupRecord, plan: RetentionPlan, removed: list[str]) -> None:
     """Table of the new backup plus what retention kept and removed."""
+    row = {
+        "key": record.key,
+        "size": human_size(record.size),
+        "ratio": f"{record.ratio:.2f}",
+        "revision": record.revision,
+        "keys": record.key_count,
+        "etcd": record.etcd_version,
+        "duration": f"{record.duration_seconds:.1f} s",
+        "source member": record.source_member,
+        "sha256": record.sha256[:16] + "…",
+    }
     create_table_artifact(
-        key=artifact_key("backup", cluster_id),
-        table=[
-            {
-                "key": record["key"],
-                "size": human_size(record["size"]),
-                "ratio": f"{record['ratio']:.2f}",
-                "revision": record["revision"],
-                "keys": record["key_count"],
-                "etcd": record["etcd_version"],
-                "duration": f"{record['duration_seconds']:.1f} s",
-                "source member": record["source_member"],
-                "sha256": record["sha256"][:16] + "…",
-            }
-        ],
-        description=f"Backup of {cluster_id}",
+        key=artifact_key("backup", record.cluster), table=[row], description=f"Backup of {record.cluster}"
     )
-    retention_report(cluster_id, plan, removed, dry_run)
+    retention_report(record.cluster, plan, removed, dry_run=False)
 
 
 def retention_report(cluster_id: str, plan: RetentionPlan, removed: list[str], dry_run: bool) -> None:

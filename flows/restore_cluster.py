@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 
-from blocks import EtcdCluster
+from blocks import AgeIdentity, EtcdCluster, load_storage
 from etcd_backup.errors import EtcdBackupError
 from etcd_backup.restore.plan import RestoreOptions
 from flows.notify import notify_on_failure
 from flows.safety import confirm_or_refuse, plan_artifact, report_artifact
 from tasks import restore as steps
 
+HEALTH_TIMEOUT = 3.0
 WORK_DIR = os.environ.get("ETCD_BACKUP_WORK_DIR")  # where the flow keeps the fetched snapshot during a run
 
 
@@ -34,19 +35,36 @@ def restore_cluster(
     confirm_timeout: int = 900,
     notify: str | None = None,
 ) -> dict:
-    """Restore every member of a cluster that lost quorum from one verified backup; undo everything on failure."""
-    cluster_id = EtcdCluster.load(cluster).cluster_id
+    """Restore every member of a cluster that lost quorum from one verified backup; undo everything on failure.
+
+    Args:
+        cluster: name of the EtcdCluster block
+        storage: storage block holding the backups, as '<block-type-slug>/<name>'
+        backup: "latest" (the newest complete backup) or the key of one backup
+        retained_node: the node to copy etcd files from (default: the best reachable one)
+        restore_control_plane: also bring back kube-apiserver, controller-manager and scheduler on rebuilt nodes
+        confirm: skip the typed confirmation (for automation); without it the run pauses and asks
+        dry_run: only publish the plan; change nothing
+        identity: AgeIdentity block name, for encrypted backups
+        force: restore even though quorum is healthy
+        confirm_timeout: seconds to wait for the confirmation
+        notify: notification block as '<block-type-slug>/<name>' to alert on failure
+    """
+    target = EtcdCluster.load(cluster)
+    spec, cluster_id = target.spec(), target.cluster_id
+    age = AgeIdentity.load(identity) if identity else None
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = tempfile.mkdtemp(prefix=f"etcd-restore-{run_id}-", dir=WORK_DIR)
     try:
         # 1-2: every check, and the backup fetched and verified, before anything changes
-        facts = steps.gather_facts(cluster)
-        steps.check_quorum(cluster, force)
-        chosen = steps.choose_backup(cluster, storage, backup)
-        snapshot = steps.fetch_backup(storage, chosen, identity, os.path.join(work, "snapshot.db"))
+        facts = steps.gather_facts(spec)
+        steps.check_quorum(target.access(timeout=HEALTH_TIMEOUT), len(spec.nodes), force)
+        with load_storage(storage).build() as store:
+            chosen = steps.choose_backup(store, cluster_id, backup)
+            snapshot = steps.fetch_backup(store, chosen, age, os.path.join(work, "snapshot.db"))
         token = f"{cluster_id}-{run_id}-{secrets.token_hex(3)}".lower()
         options = RestoreOptions(run_id=run_id, restore_control_plane=restore_control_plane)
-        plan = steps.plan_restore(cluster, facts, snapshot, retained_node, token, options)
+        plan = steps.plan_restore(spec, facts, snapshot, retained_node, token, options)
         plan_key = plan_artifact(plan, dry_run)
         if dry_run:
             get_run_logger().info("dry run: nothing changed; the plan is in artifact %s", plan_key)
@@ -54,7 +72,7 @@ def restore_cluster(
         if not confirm:
             confirm_or_refuse(cluster_id, f"Restoring backup {snapshot.key}", timeout=confirm_timeout)
         # 3-8: refill, reconfigure, stop, set aside, restore everywhere, start together, control plane
-        report = steps.execute_plan(cluster, plan, os.path.join(work, "snapshot.db"))
+        report = steps.execute_plan(target, plan, os.path.join(work, "snapshot.db"))
         report_key = report_artifact(plan, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)

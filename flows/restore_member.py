@@ -14,6 +14,8 @@ from flows.safety import confirm_or_refuse, member_plan_artifact, member_report_
 from tasks import member as steps
 from tasks.restore import gather_facts
 
+HEALTH_TIMEOUT = 3.0
+
 
 @flow(name="etcd-restore-member", on_failure=[notify_on_failure])
 def restore_member(
@@ -26,14 +28,26 @@ def restore_member(
     confirm_timeout: int = 900,
     notify: str | None = None,
 ) -> dict:
-    """Replace the member of a repaired or recreated node while quorum holds; undo the node's changes on failure."""
-    cluster_id = EtcdCluster.load(cluster).cluster_id
+    """Replace the member of a repaired or recreated node while quorum holds; undo the node's changes on failure.
+
+    Args:
+        cluster: name of the EtcdCluster block
+        failed_node: etcd member name (or IP) of the repaired or recreated node
+        healthy_node: the node to copy files from and run etcdctl on (default: a healthy one)
+        restore_control_plane: also bring back kube-apiserver, controller-manager and scheduler on the node
+        confirm: skip the typed confirmation (for automation); without it the run pauses and asks
+        dry_run: only publish the plan; change nothing
+        confirm_timeout: seconds to wait for the confirmation
+        notify: notification block as '<block-type-slug>/<name>' to alert on failure
+    """
+    target = EtcdCluster.load(cluster)
+    spec, cluster_id = target.spec(), target.cluster_id
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     # 1-2: every check before anything changes: nodes (host keys verified), health, member list
-    facts = gather_facts(cluster)
-    state = steps.read_membership(cluster)
+    facts = gather_facts(spec)
+    state = steps.read_membership(target.access(timeout=HEALTH_TIMEOUT))
     options = RestoreOptions(run_id=run_id, restore_control_plane=restore_control_plane)
-    plan = steps.plan_member(cluster, facts, state, failed_node, healthy_node, options)
+    plan = steps.plan_member(spec, facts, state, failed_node, healthy_node, options)
     plan_key = member_plan_artifact(plan, dry_run)
     if dry_run:
         get_run_logger().info("dry run: nothing changed; the plan is in artifact %s", plan_key)
@@ -51,7 +65,7 @@ def restore_member(
             timeout=confirm_timeout,
         )
     # 3-7: copy files, rewrite etcd.conf, set data aside, member remove, member add, start, control plane
-    report = steps.execute_member(cluster, plan)
+    report = steps.execute_member(target, plan)
     report_key = member_report_artifact(plan, report)
     if not report.ok:
         removed = any(r.phase == "remove" and r.status == "done" for r in report.results)

@@ -34,7 +34,7 @@ def confirm_or_refuse(cluster_id: str, what: str, timeout: int = 600, poll_inter
             poll_interval=poll_interval,
             key="confirm-restore",
         )
-    except Exception as exc:  # FlowPauseTimeout, or a resume without input
+    except Exception as exc:  # noqa: BLE001 - FlowPauseTimeout, or a resume whose input cannot be read
         raise RestoreRefused(
             f"no confirmation within {timeout} s ({exc.__class__.__name__}); nothing was changed", step="confirm"
         ) from None

@@ -1,4 +1,4 @@
-"""Tasks of the member replacement flow; each loads its blocks by name and wraps one core call."""
+"""Tasks of the member replacement flow; each wraps one core call on the blocks the flow loaded once."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks import EtcdCluster
 from etcd_backup import etcd
+from etcd_backup.cluster import ClusterSpec
 from etcd_backup.errors import EtcdUnavailable
 from etcd_backup.nodes import nodes_of
 from etcd_backup.restore import checks
@@ -16,8 +17,6 @@ from etcd_backup.restore import facts as restore_facts
 from etcd_backup.restore.executor import ExecutionReport, Executor
 from etcd_backup.restore.member import MemberPlan, plan_member_replacement
 from etcd_backup.restore.plan import RestoreOptions
-
-HEALTH_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -28,10 +27,9 @@ class Membership:
     members: list[etcd.MemberInfo] | None
 
 
-@task(name="read-membership", task_run_name="membership-{cluster}", cache_policy=NO_CACHE, timeout_seconds=120)
-def read_membership(cluster: str) -> Membership:
+@task(name="read-membership", cache_policy=NO_CACHE, timeout_seconds=120)
+def read_membership(access: etcd.EtcdAccess) -> Membership:
     """Runbook step 2: `etcdctl endpoint health` and `etcdctl member list`, over gRPC from the flow."""
-    access = EtcdCluster.load(cluster).access(timeout=HEALTH_TIMEOUT)
     logger = get_run_logger()
     health = etcd.health(access)
     for endpoint, state in health.items():
@@ -48,7 +46,7 @@ def read_membership(cluster: str) -> Membership:
 
 @task(name="plan-member-replacement", task_run_name="plan-member-{failed}", cache_policy=NO_CACHE)
 def plan_member(
-    cluster: str,
+    spec: ClusterSpec,
     facts: list[restore_facts.RestoreFacts],
     state: Membership,
     failed: str,
@@ -56,9 +54,7 @@ def plan_member(
     options: RestoreOptions,
 ) -> MemberPlan:
     """The ordered steps that replace the failed member (pure; refuses when a check fails)."""
-    plan = plan_member_replacement(
-        EtcdCluster.load(cluster).spec(), facts, state.members, state.health, failed, healthy, options
-    )
+    plan = plan_member_replacement(spec, facts, state.members, state.health, failed, healthy, options)
     get_run_logger().info(
         "plan: %d steps, %s from healthy node %s, %s",
         len(plan.steps),
@@ -69,16 +65,10 @@ def plan_member(
     return plan
 
 
-@task(
-    name="execute-member-replacement",
-    task_run_name="replace-member-{cluster}",
-    cache_policy=NO_CACHE,
-    timeout_seconds=3600,
-)
-def execute_member(cluster: str, plan: MemberPlan, health_timeout: float = 180.0) -> ExecutionReport:
+@task(name="execute-member-replacement", cache_policy=NO_CACHE, timeout_seconds=3600)
+def execute_member(cluster: EtcdCluster, plan: MemberPlan, health_timeout: float = 180.0) -> ExecutionReport:
     """Run the plan; on failure undo every completed step in reverse order (`member remove` cannot be undone)."""
-    block = EtcdCluster.load(cluster)
-    spec, access = block.spec(), block.access(timeout=5)
+    spec, access = cluster.spec(), cluster.access(timeout=5)
     nodes = {n.name: n for n in nodes_of(spec)}
     run_checks = {
         "healthy": lambda timeout: checks.wait_healthy(access, max(timeout, health_timeout)),

@@ -15,6 +15,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from blocks import EtcdCluster, LocalStorage, S3Storage, SSHServerStorage, UFileStorage, load_storage
 from etcd_backup import catalog, pipeline
+from etcd_backup.errors import EtcdUnavailable, StorageError
 from flows.backup import backup_etcd, list_backups, prune_backups
 from tests.fleet.data import fill
 
@@ -108,19 +109,19 @@ def test_backup_flow_stores_a_verified_backup(kind, cluster_block, request, tmp_
     record = backup_etcd(cluster=cluster, storage=ref, keep=3)
 
     store = load_storage(ref).build()
-    assert record["key"].startswith(f"{CLUSTER_ID}-backup-etcd-3.5.1-") and record["key"].endswith(".db.zst")
-    assert store.stat(record["key"]).size == record["size"]
-    assert _sha256(store, record["key"]) == record["sha256"]
-    manifest = catalog.read_manifest(store, record["key"])
+    assert record.key.startswith(f"{CLUSTER_ID}-backup-etcd-3.5.1-") and record.key.endswith(".db.zst")
+    assert store.stat(record.key).size == record.size
+    assert _sha256(store, record.key) == record.sha256
+    manifest = catalog.read_manifest(store, record.key)
     assert (manifest.sha256, manifest.revision, manifest.key_count) == (
-        record["sha256"],
-        record["revision"],
-        record["key_count"],
+        record.sha256,
+        record.revision,
+        record.key_count,
     )
-    assert record["key_count"] >= 301
+    assert record.key_count >= 301
     raw = tmp_path / "restored.db"
-    pipeline.fetch_snapshot(store, record["key"], raw)
-    assert hashlib.sha256(raw.read_bytes()).hexdigest() == record["raw_sha256"]
+    pipeline.fetch_snapshot(store, record.key, raw)
+    assert hashlib.sha256(raw.read_bytes()).hexdigest() == record.raw_sha256
     if kind == "ufile":
         assert request.getfixturevalue("ufile_proxy").rejections == []
 
@@ -143,9 +144,9 @@ def test_retention_keeps_newest_and_never_touches_foreign_or_legacy(cluster_bloc
         records.append(backup_etcd(cluster=cluster, storage=local_ref, keep=2))
         time.sleep(1.1)  # backup names have one-second resolution
     keys = {o.key for o in store.list()}
-    newest_two = {r["key"] for r in records[1:]}
+    newest_two = {r.key for r in records[1:]}
     assert newest_two | {catalog.manifest_key(k) for k in newest_two} <= keys
-    assert records[0]["key"] not in keys and catalog.manifest_key(records[0]["key"]) not in keys
+    assert records[0].key not in keys and catalog.manifest_key(records[0].key) not in keys
     assert {legacy, *foreign} <= keys
     complete = [b.key for b in catalog.list_backups(store, CLUSTER_ID) if b.complete]
     assert sorted(complete) == sorted(newest_two)
@@ -157,12 +158,12 @@ def test_list_and_prune_flows_dry_run_first(cluster_block, local_ref):
     time.sleep(1.1)
     second = backup_etcd(cluster=cluster, storage=local_ref, keep=5)
     rows = list_backups(cluster=cluster, storage=local_ref)
-    assert [r["key"] for r in rows] == [second["key"], first["key"]]
-    assert prune_backups(cluster=cluster, storage=local_ref, keep=1) == [first["key"]]
+    assert [r["key"] for r in rows] == [second.key, first.key]
+    assert prune_backups(cluster=cluster, storage=local_ref, keep=1) == [first.key]
     store = load_storage(local_ref).build()
-    assert store.stat(first["key"]).size == first["size"]  # dry run deleted nothing
-    assert prune_backups(cluster=cluster, storage=local_ref, keep=1, dry_run=False) == [first["key"]]
-    assert [b.key for b in catalog.list_backups(store, CLUSTER_ID)] == [second["key"]]
+    assert store.stat(first.key).size == first.size  # dry run deleted nothing
+    assert prune_backups(cluster=cluster, storage=local_ref, keep=1, dry_run=False) == [first.key]
+    assert [b.key for b in catalog.list_backups(store, CLUSTER_ID)] == [second.key]
 
 
 async def _artifact_keys(prefix: str) -> set[str]:
@@ -187,11 +188,11 @@ def test_failed_upload_leaves_no_backup_and_prunes_nothing(cluster_block, reques
     old = backup_etcd(cluster=cluster, storage=ref, keep=1)
     proxy = request.getfixturevalue("ufile_proxy")
     proxy.cut_after(64 << 10)  # the backup is ~150 KiB: cut it midway
-    with pytest.raises(Exception):
+    with pytest.raises(StorageError):
         backup_etcd(cluster=cluster, storage=ref, keep=1)
     proxy.heal()
     store = load_storage(ref).build()
-    assert {o.key for o in store.list()} == {old["key"], catalog.manifest_key(old["key"])}
+    assert {o.key for o in store.list()} == {old.key, catalog.manifest_key(old.key)}
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -229,7 +230,7 @@ def test_failure_notifies_without_secrets(prefect_api, etcd_cluster, local_ref):
         cert_pem=etcd_cluster.cert.read_text(),
         key_pem=key_pem,
     ).save(cluster)
-    with pytest.raises(Exception):
+    with pytest.raises(EtcdUnavailable):
         backup_etcd(cluster=cluster, storage=local_ref, notify=notify)
     server.shutdown()
     assert len(_Receiver.bodies) == 1

@@ -247,7 +247,7 @@ def _wait_for_identity(server, bucket: str, name: str) -> None:
         try:
             client.head_bucket(Bucket=bucket)
             return
-        except Exception:
+        except Exception:  # noqa: BLE001 - not loaded yet, whatever the error
             time.sleep(0.1)
     raise RuntimeError(f"SeaweedFS never loaded identity {name}")
 

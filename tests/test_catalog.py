@@ -8,6 +8,7 @@ import pytest
 from etcd_backup.catalog import Manifest, format_key, list_backups, parse_key
 from etcd_backup.errors import ConfigError
 from etcd_backup.storage.local import LocalStorage
+from tests.factories import manifest
 
 pytestmark = pytest.mark.backup
 
@@ -69,22 +70,7 @@ def test_bad_inputs_are_config_errors():
 
 
 def _manifest(key, size, cluster="uk8s-f1wymalx"):
-    return Manifest(
-        cluster=cluster,
-        key=key,
-        size=size,
-        sha256="0" * 64,
-        raw_size=size,
-        raw_sha256="0" * 64,
-        revision=5,
-        revision_exact=True,
-        key_count=3,
-        etcd_version="3.5.1",
-        source_member="etcd1",
-        source_endpoint="https://127.0.0.1:2379",
-        created=WHEN,
-        compression="zstd",
-    )
+    return manifest(key, cluster=cluster, size=size, raw_size=size, revision=5, key_count=3, created=WHEN)
 
 
 def test_list_backups_reports_complete_incomplete_legacy_and_skips_foreign(tmp_path):

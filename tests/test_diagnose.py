@@ -43,13 +43,13 @@ def ip(name: str) -> str:
 
 
 def healthy(name: str, **kw) -> NodeFacts:
+    kw = {"etcd_active": True, **kw}
     return NodeFacts(
         name=name,
         ip=ip(name),
         reachable=True,
         files=dict.fromkeys(FILE_KEYS, True),
         etcd_version="3.5.1",
-        etcd_active=True,
         data_dir_present=True,
         free_bytes=10 << 30,
         **kw,
@@ -58,16 +58,7 @@ def healthy(name: str, **kw) -> NodeFacts:
 
 def failed(name: str) -> NodeFacts:
     """etcd crashed and its data is damaged; the files are still there."""
-    return NodeFacts(
-        name=name,
-        ip=ip(name),
-        reachable=True,
-        files=dict.fromkeys(FILE_KEYS, True),
-        etcd_version="3.5.1",
-        etcd_active=False,
-        data_dir_present=True,
-        free_bytes=10 << 30,
-    )
+    return healthy(name, etcd_active=False)
 
 
 def bare(name: str) -> NodeFacts:

@@ -43,29 +43,19 @@ def test_discover_builds_the_spec_from_one_master(shared_fleet):
     assert check_nodes(spec) == {}
 
 
+def _first_run(fleet, key, known, name: str, *extra: str) -> subprocess.CompletedProcess:
+    """`python -m blocks.first_run` against node 1 of the fleet, as a user runs it."""
+    argv = [sys.executable, "-m", "blocks.first_run", "--host", fleet.nodes[0].ip, "--ssh-key", str(key)]
+    argv += ["--known-hosts", str(known), "--cluster-id", "uk8s-fleet", "--name", name, *extra]
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_first_run_cli_saves_a_block_that_loads_back(shared_fleet, prefect_api, tmp_path):
     key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
     key.write_text(shared_fleet.ssh_private_key)
     known.write_text(shared_fleet.known_hosts)
-    argv = [
-        sys.executable,
-        "-m",
-        "blocks.first_run",
-        "--host",
-        shared_fleet.nodes[0].ip,
-        "--ssh-key",
-        str(key),
-        "--known-hosts",
-        str(known),
-        "--cluster-id",
-        "uk8s-fleet",
-        "--name",
-        "fleet-prod",
-        "--overwrite",
-    ]
-    done = subprocess.run(
-        argv, env=dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value()), capture_output=True, text=True, timeout=300
-    )
+    done = _first_run(shared_fleet, key, known, "fleet-prod", "--overwrite")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "saved etcd-cluster/fleet-prod: uk8s-fleet, 3 masters: etcd1" in done.stdout
     assert "PRIVATE KEY" not in done.stdout + done.stderr
@@ -79,24 +69,7 @@ def test_cli_refuses_an_unknown_host_key(shared_fleet, prefect_api, tmp_path):
     key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
     key.write_text(shared_fleet.ssh_private_key)
     known.write_text("")
-    argv = [
-        sys.executable,
-        "-m",
-        "blocks.first_run",
-        "--host",
-        shared_fleet.nodes[0].ip,
-        "--ssh-key",
-        str(key),
-        "--known-hosts",
-        str(known),
-        "--cluster-id",
-        "uk8s-fleet",
-        "--name",
-        "never-saved",
-    ]
-    done = subprocess.run(
-        argv, env=dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value()), capture_output=True, text=True, timeout=300
-    )
+    done = _first_run(shared_fleet, key, known, "never-saved")
     assert done.returncode == 2
     assert "is not in known_hosts" in done.stderr and "Traceback" not in done.stderr
 
@@ -132,7 +105,10 @@ def test_discover_falls_back_to_etcd_conf_when_etcd_is_down(fleet):
 
 
 def test_parse_env_file():
-    text = '#[Member]\nETCD_NAME=etcd1\nETCD_INITIAL_CLUSTER="etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380"\n\n# x=y\n'
+    text = (
+        '#[Member]\nETCD_NAME=etcd1\nETCD_INITIAL_CLUSTER="etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380"\n'
+        "\n# x=y\n"
+    )
     assert parse_env_file(text) == {
         "ETCD_NAME": "etcd1",
         "ETCD_INITIAL_CLUSTER": "etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380",

@@ -13,12 +13,16 @@ from tests.fleet.layout import apiserver_conf, etcd_conf
 VERSIONS = ["3.5.1", "3.4.23"]
 
 
+def assert_three_healthy(health) -> None:
+    """`etcdctl endpoint health` succeeded and reported three healthy members."""
+    assert health.returncode == 0, health.stderr
+    assert (health.stdout + health.stderr).count("is healthy") == 3
+
+
 @pytest.mark.fleet
 @pytest.mark.parametrize("etcd_version", VERSIONS, indirect=True)
 def test_host_cluster_members_are_healthy_over_tls(etcd_cluster, etcd_version):
-    health = etcd_cluster.etcdctl("endpoint", "health")
-    assert health.returncode == 0, health.stderr
-    assert (health.stdout + health.stderr).count("is healthy") == 3
+    assert_three_healthy(etcd_cluster.etcdctl("endpoint", "health"))
     for i in range(3):
         with etcd_cluster.client(i) as client:
             assert client.status().version == etcd_version
@@ -66,9 +70,7 @@ def healthy(fleet, node) -> bool:
 @pytest.mark.root
 @pytest.mark.parametrize("etcd_version", VERSIONS, indirect=True)
 def test_fleet_members_are_healthy_over_tls(fleet, etcd_version):
-    health = fleet.etcdctl("endpoint", "health")
-    assert health.returncode == 0, health.stderr
-    assert (health.stdout + health.stderr).count("is healthy") == 3
+    assert_three_healthy(fleet.etcdctl("endpoint", "health"))
     with fleet.client() as client:
         assert client.status().version == etcd_version
         assert len(list(client.members)) == 3

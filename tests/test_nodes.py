@@ -11,7 +11,10 @@ from etcd_backup.nodes import Node, Result, nodes_of
 
 pytestmark = [pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 
-TREE_DIGEST = "cd {d} && find . -type f | LC_ALL=C sort | xargs -d '\\n' sha256sum && find . | LC_ALL=C sort | xargs -d '\\n' stat -c '%n %a %U %s'"
+TREE_DIGEST = (
+    "cd {d} && find . -type f | LC_ALL=C sort | xargs -d '\\n' sha256sum"
+    " && find . | LC_ALL=C sort | xargs -d '\\n' stat -c '%n %a %U %s'"
+)
 
 
 @pytest.fixture
@@ -29,7 +32,7 @@ def nodes(fleet):
 
 
 def test_run_sees_the_nodes_own_files(fleet, nodes):
-    for node, fleet_node in zip(nodes, fleet.nodes):
+    for node, fleet_node in zip(nodes, fleet.nodes, strict=True):
         result = node.run("cat /etc/etcd/etcd.conf")
         assert result.code == 0 and result.stdout == fleet_node.path("/etc/etcd/etcd.conf").read_text()
         assert f"ETCD_NAME={node.name}" in result.stdout.replace('"', "")

@@ -20,10 +20,10 @@ from etcd_backup.catalog import list_backups, parse_key, read_manifest
 from etcd_backup.errors import BackupCorrupt, ConfigError, EtcdUnavailable, TransientStorageError
 from etcd_backup.pipeline import backup, fetch_snapshot, verify
 from etcd_backup.retention import Policy, plan, prune
-from etcd_backup.snapshot import inspect_db
 from etcd_backup.storage.local import LocalStorage
 from tests.fleet.binaries import find_binaries
 from tests.fleet.data import fill
+from tests.snapshot_status import inspect_db
 
 pytestmark = pytest.mark.backup
 
@@ -150,7 +150,7 @@ def test_backup_verify_list_and_prune_on_every_backend(single, storage_backend, 
             compression=c,
             recipients=[str(identity.to_public())],
         )
-        for when, c in zip(times, ["tar.gz", "gzip", "zstd"])
+        for when, c in zip(times, ["tar.gz", "gzip", "zstd"], strict=True)
     ]
     listed = list_backups(storage_backend, CLUSTER, prefix="etcd")
     assert [b.key for b in listed] == [r.key for r in records] and all(b.complete for b in listed)
@@ -402,7 +402,8 @@ MEASURE = textwrap.dedent("""
                              cert=open(args["cert"]).read(), key=open(args["key"]).read())
     backup(access, LocalStorage(args["dir"]), cluster_id="c1", compression=args["compression"],
            recipients=args["recipients"])
-    print(int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) // 1024)  # not ru_maxrss: exec keeps the parent's
+    # VmHWM, not ru_maxrss: after exec ru_maxrss keeps the parent's peak
+    print(int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) // 1024)
 """)
 
 

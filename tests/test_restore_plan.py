@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from etcd_backup.catalog import Backup, Manifest
+from etcd_backup.catalog import Backup
 from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
 from etcd_backup.errors import BackupCorrupt, NodeError, RestoreRefused
 from etcd_backup.facts import FILE_KEYS, NodeFacts
+from etcd_backup.pipeline import VerifyResult
 from etcd_backup.restore import commands as c
 from etcd_backup.restore.actions import Run, Step
 from etcd_backup.restore.conf import rewrite_conf
@@ -18,12 +19,12 @@ from etcd_backup.restore.executor import Executor
 from etcd_backup.restore.facts import RestoreFacts
 from etcd_backup.restore.plan import (
     RestoreOptions,
-    SnapshotInfo,
     choose_retained,
     plan_cluster_restore,
     refuse_if_quorum,
 )
 from etcd_backup.restore.source import choose_backup
+from tests.factories import manifest as factory_manifest
 
 pytestmark = pytest.mark.restore
 
@@ -38,13 +39,16 @@ ETCD_INITIAL_CLUSTER="etcd1=https://10.23.166.234:2380,etcd2=https://10.23.172.1
 ETCD_INITIAL_CLUSTER_STATE="new"
 ETCD_INITIAL_CLUSTER_TOKEN="etcd-cluster"
 """
-SNAP = SnapshotInfo(
-    key="uk8s-x-backup-etcd-3.5.1-2024-01-01T00-00-00.db.zst",
+SNAP_KEY = "uk8s-x-backup-etcd-3.5.1-2024-01-01T00-00-00.db.zst"
+SNAP = VerifyResult(
+    key=SNAP_KEY,
+    size=4 << 20,
+    sha256="cd" * 32,
     raw_size=10 << 20,
     raw_sha256="ab" * 32,
-    revision=100,
-    key_count=50,
-    etcd_version="3.5.1",
+    manifest=factory_manifest(
+        SNAP_KEY, size=4 << 20, sha256="cd" * 32, raw_size=10 << 20, raw_sha256="ab" * 32, revision=100, key_count=50
+    ),
 )
 OPTIONS = RestoreOptions(run_id="20240101T000000Z")
 
@@ -200,22 +204,7 @@ def backup(key_time: str, *, complete=True, legacy=False, cluster="uk8s-x", comp
     key = f"{cluster}-backup-etcd-3.5.1-{key_time}{ext}"
     manifest = None
     if complete:
-        manifest = Manifest(
-            cluster=manifest_cluster or cluster,
-            key=key,
-            size=1,
-            sha256="0",
-            raw_size=1,
-            raw_sha256="0",
-            revision=1,
-            revision_exact=True,
-            key_count=1,
-            etcd_version="3.5.1",
-            source_member="etcd1",
-            source_endpoint="e",
-            created=when,
-            compression=compression,
-        )
+        manifest = factory_manifest(key, cluster=manifest_cluster or cluster, size=1, created=when)
     return Backup(
         key=key,
         cluster_id=cluster,

@@ -4,10 +4,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from etcd_backup.catalog import Backup, Manifest, format_key
+from etcd_backup.catalog import Backup, format_key
 from etcd_backup.errors import ConfigError
 from etcd_backup.retention import Policy, plan, prune
-from etcd_backup.storage.memory import MemoryStorage
+from tests.factories import manifest
+from tests.memory_storage import MemoryStorage
 
 pytestmark = pytest.mark.backup
 
@@ -162,23 +163,8 @@ def test_policy_prints_back_as_it_parses():
 def _stored(storage, when):
     key = format_key("uk8s-f1wymalx", "3.5.1", when, "zstd")
     storage.put(key, __import__("io").BytesIO(b"x" * 10))
-    manifest = Manifest(
-        cluster="uk8s-f1wymalx",
-        key=key,
-        size=10,
-        sha256="0" * 64,
-        raw_size=10,
-        raw_sha256="0" * 64,
-        revision=1,
-        revision_exact=True,
-        key_count=1,
-        etcd_version="3.5.1",
-        source_member="etcd1",
-        source_endpoint="https://127.0.0.1:2379",
-        created=when,
-        compression="zstd",
-    )
-    storage.put(key + ".manifest.json", __import__("io").BytesIO(manifest.to_json()))
+    stored = manifest(key, created=when)
+    storage.put(key + ".manifest.json", __import__("io").BytesIO(stored.to_json()))
     return key
 
 

@@ -112,6 +112,8 @@ class Executor:
             copy = self.nodes[action.source].copy_tree_to if action.tree else self.nodes[action.source].copy_file_to
             copy(node, action.path, action.dest)
         elif isinstance(action, Upload):
+            if self.snapshot_path is None:
+                raise ValueError("this plan uploads a snapshot but none was fetched")
             node.put_file(self.snapshot_path, action.dest, timeout=3600)
         elif isinstance(action, Write):
             node.write(action.path, action.text, action.mode)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from etcd_backup.cluster import ClusterSpec
 from etcd_backup.errors import RestoreRefused
+from etcd_backup.pipeline import VerifyResult
 from etcd_backup.restore import commands as c
 from etcd_backup.restore import steps
 from etcd_backup.restore.actions import CLUSTER, Check, Step
@@ -19,19 +20,6 @@ from etcd_backup.restore.facts import RestoreFacts
 
 PHASES = ("stop", "refill", "configure", "set-aside", "upload", "restore", "start", "check", "kubernetes")
 HEADROOM = 128 << 20  # free bytes wanted on top of the snapshot copy and the restored data dir
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """The verified snapshot a restore uses: backup key, raw size and sha256, and what its manifest says."""
-
-    key: str
-    raw_size: int
-    raw_sha256: str
-    revision: int | None = None
-    key_count: int | None = None
-    etcd_version: str | None = None
-    legacy: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,7 +38,7 @@ class RestorePlan:
     retained: str
     token: str
     run_id: str
-    snapshot: SnapshotInfo
+    snapshot: VerifyResult
     nodes: tuple[str, ...]
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = ()
@@ -102,7 +90,7 @@ def choose_retained(facts: list[RestoreFacts], wanted: str | None = None) -> Res
     return max(full, key=lambda f: (f.has_control_plane, f.node.etcd_active, f.node.data_dir_present))
 
 
-def check_nodes(facts: list[RestoreFacts], snapshot: SnapshotInfo) -> None:
+def check_nodes(facts: list[RestoreFacts], snapshot: VerifyResult) -> None:
     """Refuse when a node is unreachable or lacks the disk for the snapshot and its restored copy."""
     down = [f"{f.name} ({f.node.ip}): {f.node.error}" for f in facts if not f.node.reachable]
     if down:
@@ -157,7 +145,7 @@ def _conf(f: RestoreFacts, retained: RestoreFacts, spec: ClusterSpec, token: str
 def plan_cluster_restore(
     spec: ClusterSpec,
     facts: list[RestoreFacts],
-    snapshot: SnapshotInfo,
+    snapshot: VerifyResult,
     retained: str | None,
     token: str,
     options: RestoreOptions,

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
-
-from etcd_backup import pipeline
 from etcd_backup.catalog import Backup
 from etcd_backup.errors import BackupCorrupt, RestoreRefused
-from etcd_backup.restore.plan import SnapshotInfo
-from etcd_backup.storage.base import Storage
 
 LATEST = "latest"
 
@@ -36,18 +30,3 @@ def choose_backup(backups: list[Backup], cluster_id: str, wanted: str = LATEST) 
     if found.manifest is not None and found.manifest.cluster != cluster_id:
         raise BackupCorrupt(f"{wanted} is a backup of {found.manifest.cluster}, not {cluster_id}", step="choose backup")
     return found
-
-
-def fetch(storage: Storage, backup: Backup, dest: str | Path, identities: Iterable[str] = ()) -> SnapshotInfo:
-    """Stream the backup to dest, checking stored and raw sha256 against the manifest and the snapshot trailer."""
-    result = pipeline.fetch_snapshot(storage, backup, dest, identities)
-    m = result.manifest
-    return SnapshotInfo(
-        key=result.key,
-        raw_size=result.raw_size,
-        raw_sha256=result.raw_sha256,
-        revision=m.revision if m else None,
-        key_count=m.key_count if m else None,
-        etcd_version=m.etcd_version if m else None,
-        legacy=m is None,
-    )

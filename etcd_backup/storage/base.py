@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,26 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime
+
+
+class Readable(Protocol):
+    """Anything with read(n) -> bytes (files, pipes, decoders, network streams)."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to size bytes; b"" at the end."""
+        ...
+
+
+class ReadStream(Readable, Protocol):
+    """A readable that is closed after use (`with storage.open(key) as f:`)."""
+
+    def close(self) -> None:
+        """Release the stream."""
+        ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any, /) -> Any: ...
 
 
 @runtime_checkable
@@ -37,10 +57,10 @@ class Storage(Protocol):
     def describe(self) -> str:
         """A human description of where objects go, e.g. 's3://bucket/prefix'."""
 
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+    def put(self, key: str, source: Readable) -> ObjectInfo:
         """Store everything read from source under key."""
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> ReadStream:
         """Open key for streaming reads (use as a context manager)."""
 
     def stat(self, key: str) -> ObjectInfo:
@@ -54,3 +74,22 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+    def __enter__(self) -> Storage:
+        """Use as `with block.build() as store:`; closes on exit."""
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the backend."""
+
+
+class Closing:
+    """Mixin giving a backend `with backend as store:` that closes it on exit."""
+
+    def close(self) -> None:
+        """Release connections (backends override)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -8,16 +8,15 @@ import shutil
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 
 from etcd_backup.errors import NotFound, StorageError, TransientStorageError
-from etcd_backup.storage.base import ObjectInfo
+from etcd_backup.storage.base import Closing, ObjectInfo, Readable, ReadStream
 from etcd_backup.storage.names import check_key, is_temp, list_start, temp_name
 
 CHUNK = 1024 * 1024
 
 
-class LocalStorage:
+class LocalStorage(Closing):
     """Objects as files under directory: written to a temp name, fsynced, renamed; mode 0600."""
 
     kind = "local"
@@ -29,7 +28,7 @@ class LocalStorage:
         """'file:///path'."""
         return f"file://{self.root}"
 
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+    def put(self, key: str, source: Readable) -> ObjectInfo:
         """Copy source into a temp file beside key, fsync, then rename it into place."""
         path = self._path(key)
         tmp = path.with_name(temp_name(path.name))
@@ -48,7 +47,7 @@ class LocalStorage:
             raise
         return self.stat(key)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> ReadStream:
         """Open key for reading, or NotFound."""
         try:
             return open(self._path(key), "rb")
@@ -70,7 +69,7 @@ class LocalStorage:
         """Files under prefix (temp files skipped), sorted by key."""
         start = self.root / list_start(prefix)
         found = []
-        for dirpath, dirnames, filenames in os.walk(start, onerror=self._walk_error):
+        for dirpath, _, filenames in os.walk(start, onerror=self._walk_error):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
                 key = name if rel == "." else f"{rel}/{name}"
@@ -89,9 +88,6 @@ class LocalStorage:
                 self._path(key).unlink(missing_ok=True)
             except OSError as exc:
                 raise self._error(exc, "delete", key) from None
-
-    def close(self) -> None:
-        """Nothing to release."""
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)

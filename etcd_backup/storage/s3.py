@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 
 import boto3
 import botocore.config
@@ -13,7 +14,7 @@ import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from etcd_backup.errors import ConfigError, NotFound, StorageError, TransientStorageError
-from etcd_backup.storage.base import ObjectInfo
+from etcd_backup.storage.base import Closing, ObjectInfo, Readable, ReadStream
 from etcd_backup.storage.names import check_key, clean_prefix
 from etcd_backup.storage.stream import FullReads, Reader
 
@@ -32,7 +33,7 @@ NETWORK_ERRORS = (
 UFILE_REGION = re.compile(r"^[a-z]{2,4}(-[a-z0-9]+){0,3}$")
 
 
-class S3Storage:
+class S3Storage(Closing):
     """Objects in one bucket under a prefix, streamed with boto3's transfer manager."""
 
     kind = "s3"
@@ -47,7 +48,7 @@ class S3Storage:
         access_key: str,
         secret_key: str,
         addressing_style: str = "path",
-        verify: bool | str = True,
+        verify: bool | str = True,  # False, True, a CA bundle path, or the CA bundle's PEM text
         multipart_chunk: int = 8 * MiB,
         multipart_threshold: int | None = None,
         max_concurrency: int = 4,
@@ -64,12 +65,13 @@ class S3Storage:
             )
         self.bucket, self.prefix, self.endpoint_url = bucket, clean_prefix(prefix), endpoint_url
         self.page_size, self.batch_delete = page_size, batch_delete
+        self._ca_file = _pem_file(verify) if isinstance(verify, str) and "-----BEGIN" in verify else None
         config = _boto_config(addressing_style, connect_timeout, read_timeout, max_concurrency + 2)
         self._client = boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint_url,
             region_name=region or "us-east-1",
-            verify=verify,
+            verify=self._ca_file or verify,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             config=config,
@@ -88,14 +90,14 @@ class S3Storage:
         where = f"{self.kind}://{self.bucket}/{self.prefix}"
         return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
 
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+    def put(self, key: str, source: Readable) -> ObjectInfo:
         """Stream source into key (multipart above the threshold); nothing is visible on failure."""
         name = self.prefix + check_key(key)
         with self._errors("put", key):
             self._client.upload_fileobj(FullReads(source), self.bucket, name, Config=self._transfer)
         return self.stat(key)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> ReadStream:
         """Stream key's content; raises NotFound when it does not exist."""
         name = self.prefix + check_key(key)
         with self._errors("open", key):
@@ -138,8 +140,11 @@ class S3Storage:
                     )
 
     def close(self) -> None:
-        """Release pooled connections."""
+        """Release pooled connections and remove the CA bundle file made from PEM text."""
         self._client.close()
+        if self._ca_file:
+            os.unlink(self._ca_file)
+            self._ca_file = None
 
     def _errors(self, op: str, key: str):
         return _Translate(self, op, key)
@@ -156,7 +161,8 @@ class S3Storage:
                 return StorageError(f"{where}: bucket {self.bucket} does not exist", step=step)
             if code in DENIED or status == 403:
                 return StorageError(
-                    f"{where}: access denied ({code}): check the access key, secret key and the rights on bucket {self.bucket}",
+                    f"{where}: access denied ({code}): check the access key, secret key "
+                    f"and the rights on bucket {self.bucket}",
                     step=step,
                 )
             if code in RETRYABLE or status >= 500:
@@ -165,6 +171,14 @@ class S3Storage:
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return StorageError(f"{where}: no credentials configured", step=step)
         return TransientStorageError(f"{where}: {op} of {key} failed: {_network_reason(exc)}", step=step)
+
+
+def _pem_file(pem: str) -> str:
+    """Write a CA bundle given as PEM text to a private temp file (boto3 wants a path); close() removes it."""
+    fd, path = tempfile.mkstemp(prefix="etcd-backup-ca-", suffix=".pem")
+    with os.fdopen(fd, "w") as f:
+        f.write(pem)
+    return path
 
 
 def _boto_config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import errno
 import posixpath
 import shutil
@@ -10,13 +11,13 @@ import stat
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any
 
 import paramiko
 
 from etcd_backup import ssh
 from etcd_backup.errors import NodeError, NotFound, StorageError, TransientStorageError
-from etcd_backup.storage.base import ObjectInfo
+from etcd_backup.storage.base import Closing, ObjectInfo, Readable, ReadStream
 from etcd_backup.storage.names import check_key, is_temp, list_start, temp_name
 from etcd_backup.storage.stream import Pipe, Reader
 
@@ -27,7 +28,7 @@ READ_AHEAD = 4 * 1024 * 1024  # one window of pipelined reads; at most ~3 window
 NETWORK_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError, OSError)
 
 
-class SFTPStorage:
+class SFTPStorage(Closing):
     """Objects as files under directory on host: written to a temp name, then posix-renamed."""
 
     kind = "sftp"
@@ -47,7 +48,7 @@ class SFTPStorage:
     ):
         self.host, self.port, self.user = host, port, user
         self.directory = directory.rstrip("/") or "/"
-        self._auth = dict(
+        self._auth: dict[str, Any] = dict(
             private_key=private_key,
             password=password,
             known_hosts=known_hosts,
@@ -64,7 +65,7 @@ class SFTPStorage:
             f"sftp://{self.user}@{self.host}:{self.port}{'' if self.directory.startswith('/') else '/'}{self.directory}"
         )
 
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+    def put(self, key: str, source: Readable) -> ObjectInfo:
         """Stream source to a temp file beside key (mode 0600, pipelined), then rename it into place."""
         path = self._path(key)
         tmp = posixpath.join(posixpath.dirname(path), temp_name(posixpath.basename(path)))
@@ -83,7 +84,7 @@ class SFTPStorage:
                 raise self._error(exc, "put", posixpath.dirname(path)) from None
             raise
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> ReadStream:
         """Stream key with pipelined read-ahead in bounded windows (never the whole file in memory), or NotFound."""
         path = self._path(key)
         # The read-ahead thread gets an SFTP channel of its own: paramiko's SFTPClient cannot serve
@@ -211,7 +212,7 @@ class SFTPStorage:
         except OSError:
             return False
 
-    def _walk(self, sftp: paramiko.SFTPClient, rel: str, prefix: str, found: list) -> None:
+    def _walk(self, sftp: paramiko.SFTPClient, rel: str, prefix: str, found: builtins.list[ObjectInfo]) -> None:
         try:
             entries = sftp.listdir_attr(posixpath.join(self.directory, rel))
         except FileNotFoundError:
@@ -228,7 +229,7 @@ class SFTPStorage:
         """Best effort removal of a temp file after a failed put (the link may be gone)."""
         try:
             sftp.remove(tmp)
-        except Exception:
+        except (paramiko.SSHException, OSError, EOFError):
             pass
 
     def _alive(self) -> bool:
@@ -248,7 +249,8 @@ class SFTPStorage:
         ):
             self.close()  # the next call reconnects
             return TransientStorageError(
-                f"{where}: connection to {self.host}:{self.port} lost during {op} of {path}: {exc.__class__.__name__}: {exc}",
+                f"{where}: connection to {self.host}:{self.port} lost during {op} of {path}: "
+                f"{exc.__class__.__name__}: {exc}",
                 step=step,
             )
         return StorageError(f"{where}: {op} of {path} failed: {exc}", step=step)

@@ -39,3 +39,17 @@ def release(ips: list[str]) -> None:
     """Give a block from `allocate` back."""
     with _lock:
         _taken.discard((int(ips[0].rsplit(".", 1)[1]) - 11) // 10)
+
+
+class EtcdURLs:
+    """client_url and peer_url of something with an `ip` (an etcd member, a master node)."""
+
+    ip: str
+
+    @property
+    def client_url(self) -> str:
+        return f"https://{self.ip}:2379"
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{self.ip}:2380"

@@ -16,7 +16,7 @@ __all__ = ["EtcdBinaries", "EtcdCluster", "Member", "find_binaries", "etcdctl_en
 
 
 @dataclass
-class Member:
+class Member(addresses.EtcdURLs):
     """One etcd member: name "etcd1".., its IP, URLs and data dir."""
 
     name: str
@@ -24,14 +24,6 @@ class Member:
     data_dir: Path
     log: Path
     process: subprocess.Popen | None = None
-
-    @property
-    def client_url(self) -> str:
-        return f"https://{self.ip}:2379"
-
-    @property
-    def peer_url(self) -> str:
-        return f"https://{self.ip}:2380"
 
 
 def etcdctl_env(pki: Pki, endpoints: list[str]) -> dict:

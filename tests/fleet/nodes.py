@@ -36,7 +36,7 @@ from .etcd_cluster import run_etcdctl
 from .layout import MOUNTS, write_bare, write_master
 
 
-class MasterNode:
+class MasterNode(addresses.EtcdURLs):
     """One master node: name "etcd1".. (also its ETCD_NAME), IP, and its files under `root`."""
 
     def __init__(self, fleet: "Fleet", name: str, ip: str, root: Path):
@@ -52,14 +52,6 @@ class MasterNode:
     def state(self) -> Path:
         """The fleet's control dir for this node (sshd files, systemctl state and logs)."""
         return self.root / ".state"
-
-    @property
-    def client_url(self) -> str:
-        return f"https://{self.ip}:2379"
-
-    @property
-    def peer_url(self) -> str:
-        return f"https://{self.ip}:2380"
 
     def path(self, node_path: str) -> Path:
         """Return the host path of `node_path` (which must lie in one of the node's own mounted paths)."""

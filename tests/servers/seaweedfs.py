@@ -140,6 +140,6 @@ class SeaweedFS:
             return False
         try:
             self.client().list_buckets()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means not ready yet
             return False
         return True

@@ -163,7 +163,7 @@ class _Relay(BaseHTTPRequestHandler):
     def do_GET(self):
         self._relay()
 
-    do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
+    do_PUT = do_POST = do_DELETE = do_HEAD = do_GET  # noqa: N815 - http.server's naming
 
     def _reason(self) -> str | None:
         url = urllib.parse.urlsplit(self.path)

@@ -7,14 +7,13 @@ import shutil
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import BinaryIO
 
 from etcd_backup.errors import NotFound
-from etcd_backup.storage.base import ObjectInfo
+from etcd_backup.storage.base import Closing, ObjectInfo, Readable, ReadStream
 from etcd_backup.storage.names import check_key
 
 
-class MemoryStorage:
+class MemoryStorage(Closing):
     """Objects kept in a dict (whole objects in memory: tests only)."""
 
     kind = "memory"
@@ -28,7 +27,7 @@ class MemoryStorage:
         """'memory://<name>'."""
         return f"memory://{self.name}"
 
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+    def put(self, key: str, source: Readable) -> ObjectInfo:
         """Read source completely, then store it (so a failed read stores nothing)."""
         buffer = io.BytesIO()
         shutil.copyfileobj(source, buffer)
@@ -37,7 +36,7 @@ class MemoryStorage:
             self.objects[check_key(key)] = (data, datetime.now(UTC))
         return self.stat(key)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> ReadStream:
         """A BytesIO over key's content, or NotFound."""
         return io.BytesIO(self._get(key)[0])
 
@@ -58,9 +57,6 @@ class MemoryStorage:
         with self._lock:
             for key in keys:
                 self.objects.pop(key, None)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
     def _get(self, key: str) -> tuple[bytes, datetime]:
         with self._lock:
