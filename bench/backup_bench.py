@@ -5,7 +5,7 @@ It starts a single-member etcd (TLS) and SeaweedFS, fills etcd with Kubernetes-l
 size, then runs, interleaved --repeat times (fastest counts; the machine is shared): (a) etcdctl
 snapshot save to local disk, (b) the runbook's way: etcdctl snapshot save, tar czf, boto3 upload_file
 to SeaweedFS, (c) our pipeline (zstd) to SeaweedFS in a child process whose peak RSS (VmHWM) is
-reported, also with age encryption, and once with tar.gz.
+reported, also with age encryption, and once with tar.gz; with --baseline, (c) from another checkout too.
 """
 
 from __future__ import annotations
@@ -95,8 +95,10 @@ def runbook_way(cluster: EtcdCluster, weed: SeaweedFS, bucket: str, workdir: Pat
     return seconds, size
 
 
-def ours(cluster: EtcdCluster, weed: SeaweedFS, bucket: str, compression: str, recipients: list[str]) -> dict:
-    """Our pipeline in a child process; its own peak RSS is measured there."""
+def ours(
+    cluster: EtcdCluster, weed: SeaweedFS, bucket: str, compression: str, recipients: list[str], code: Path = ROOT
+) -> dict:
+    """Our pipeline (from the checkout `code`) in a child process; its own peak RSS is measured there."""
     args = {
         "endpoints": cluster.endpoints,
         "ca": str(cluster.ca),
@@ -111,12 +113,12 @@ def ours(cluster: EtcdCluster, weed: SeaweedFS, bucket: str, compression: str, r
         "max_concurrency": MAX_CONCURRENCY,
     }
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True, text=True, cwd=code
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(size_mb: int, value_kb: int, repeat: int) -> dict:
+def run(size_mb: int, value_kb: int, repeat: int, baseline: Path | None = None) -> dict:
     """Build the database, then run a, b, c interleaved `repeat` times (the machine is shared: fastest counts)."""
     from pyrage import x25519
 
@@ -128,7 +130,7 @@ def run(size_mb: int, value_kb: int, repeat: int) -> dict:
         weed = SeaweedFS(str(workdir / "weed")).start()
         try:
             bucket = weed.make_bucket()
-            runs = {"a": [], "b": [], "c": [], "c_age": [], "c_tar": []}
+            runs: dict[str, list] = {"a": [], "b": [], "c": [], "c_age": [], "c_tar": [], "c_baseline": []}
             for _ in range(repeat):
                 runs["a"].append(etcdctl_save(cluster, workdir / "plain.db"))
                 db_size = (workdir / "plain.db").stat().st_size
@@ -136,6 +138,8 @@ def run(size_mb: int, value_kb: int, repeat: int) -> dict:
                 runs["c"].append(ours(cluster, weed, bucket, "zstd", []))
                 runs["b"].append(runbook_way(cluster, weed, bucket, workdir))
                 runs["c_age"].append(ours(cluster, weed, bucket, "zstd", [recipient]))
+                if baseline:
+                    runs["c_baseline"].append(ours(cluster, weed, bucket, "zstd", [], code=baseline))
             runs["c_tar"].append(ours(cluster, weed, bucket, "tar.gz", []))
         finally:
             weed.stop()
@@ -143,6 +147,7 @@ def run(size_mb: int, value_kb: int, repeat: int) -> dict:
     a, (b, b_size) = min(runs["a"]), min(runs["b"])
     c, c_age, c_tar = (min(runs[k], key=lambda r: r["seconds"]) for k in ("c", "c_age", "c_tar"))
     rss = max(r["peak_rss_mb"] for k in ("c", "c_age", "c_tar") for r in runs[k])
+    before = min(runs["c_baseline"], key=lambda r: r["seconds"]) if baseline else None
     return {
         "size_mb": size_mb,
         "db_bytes": db_size,
@@ -158,6 +163,11 @@ def run(size_mb: int, value_kb: int, repeat: int) -> dict:
         "c_targz_size": c_tar["size"],
         "peak_rss_mb_max_of_all_c_runs": round(rss),
         "s3_max_concurrency": MAX_CONCURRENCY,
+        **(
+            {"c_baseline_zstd_s": round(before["seconds"], 2), "c_baseline_peak_rss_mb": round(before["peak_rss_mb"])}
+            if before
+            else {}
+        ),
     }
 
 
@@ -166,9 +176,11 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, nargs="+", default=[512], help="database size(s) to build")
     parser.add_argument("--value-kb", type=int, default=8, help="size of each Kubernetes-like value")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of a, b and c; the fastest counts")
+    baseline_help = "another checkout (`git worktree add` of an earlier commit): its pipeline runs as c_baseline"
+    parser.add_argument("--baseline", type=Path, help=baseline_help)
     args = parser.parse_args()
     for size in args.size_mb:
-        print(json.dumps(run(size, args.value_kb, args.repeat)), flush=True)
+        print(json.dumps(run(size, args.value_kb, args.repeat, args.baseline)), flush=True)
 
 
 if __name__ == "__main__":
