@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -18,6 +18,7 @@ from etcd_backup.storage.base import Storage
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = 1
 TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
+LONGEST_BACKUP = timedelta(hours=6)  # the snapshot task's timeout: no backup attempt writes for longer
 EXTENSIONS: dict[str, str] = {"tar.gz": ".db.tar.gz", "zstd": ".db.zst", "gzip": ".db.gz", "none": ".db"}
 
 _NAME = re.compile(
@@ -174,6 +175,7 @@ class Backup:
     complete: bool
     legacy: bool
     manifest: Manifest | None = None
+    manifest_stored: bool = False  # a manifest object exists, valid or not
 
     @property
     def manifest_key(self) -> str:
@@ -208,6 +210,7 @@ def list_backups(storage: Storage, cluster_id: str, prefix: str = "") -> list[Ba
                 complete=manifest is not None and manifest.size == info.size,
                 legacy=legacy,
                 manifest=manifest,
+                manifest_stored=manifest_key(key) in objects,
             )
         )
     return sorted(backups, key=lambda b: (b.time, b.key))

@@ -41,6 +41,12 @@ class EtcdUnavailable(EtcdBackupError):
     transient = True
 
 
+class EtcdTLSRefused(EtcdUnavailable):
+    """TLS with a member failed (wrong CA, expired or foreign client certificate): a retry won't help."""
+
+    transient = False
+
+
 class BackupCorrupt(EtcdBackupError):
     """A backup failed its integrity checks or is not a backup of this cluster."""
 

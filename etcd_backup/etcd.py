@@ -6,13 +6,15 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
+from cryptography import x509
 from google.protobuf.unknown_fields import UnknownFieldSet
 from pyetcd import etcdrpc
 
-from etcd_backup.errors import ConfigError, EtcdUnavailable
+from etcd_backup.errors import ConfigError, EtcdTLSRefused, EtcdUnavailable
 from etcd_backup.snapshot import TRAILER
 
 T = TypeVar("T")
@@ -21,6 +23,24 @@ HEALTH_PAUSE = 2.0  # seconds between them
 MIN_SNAPSHOT_RATE = 2 << 20  # bytes/s the snapshot deadline allows for, at the least
 # A fixed 4 MiB HTTP/2 window: with BDP probing gRPC grows it and buffers tens of MB of snapshot.
 MEMBER_IS_LEARNER, STATUS_IS_LEARNER = 5, 10  # proto field numbers newer than pyetcd's generated code
+# What gRPC's TLS handshake errors say (BoringSSL), and what that means for the user.
+SERVER_NOT_TRUSTED = (
+    "certificate signature failure",
+    "certificate_verify_failed",
+    "certificate verify failed",
+    "unable to get local issuer",
+    "self signed certificate",
+    "self-signed certificate",
+)
+SERVER_EXPIRED = ("certificate has expired", "certificate is not yet valid")
+CLIENT_REFUSED = (
+    "alert_bad_certificate",
+    "alert_certificate_expired",
+    "alert_unknown_ca",
+    "alert_certificate_required",
+    "alert_handshake_failure",
+    "alert_certificate_unknown",
+)
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.enable_http_proxy", 0),
@@ -120,13 +140,47 @@ def _call(access: EtcdAccess, endpoint: str, step: str, fn: Callable[[grpc.Chann
         with channel(access, endpoint) as chan:
             return fn(chan)
     except grpc.RpcError as exc:
-        raise _unavailable(exc, step, endpoint) from None
+        raise _unavailable(exc, step, endpoint, access) from None
 
 
-def _unavailable(exc: grpc.RpcError, step: str, endpoint: str) -> EtcdUnavailable:
+def _unavailable(exc: grpc.RpcError, step: str, endpoint: str, access: EtcdAccess) -> EtcdUnavailable:
     code = exc.code().name if hasattr(exc, "code") and exc.code() else "ERROR"
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    if "ssl_error_ssl" in details.lower():  # a refused certificate (a dropped link during a handshake is not)
+        return EtcdTLSRefused(_tls_reason(details, endpoint, access), step=step, node=endpoint)
     return EtcdUnavailable(f"{code}: {details}", step=step, node=endpoint)
+
+
+def _tls_reason(details: str, endpoint: str, access: EtcdAccess) -> str:
+    """What a failed TLS handshake with endpoint means, in the words of the block's fields (ca_pem, cert_pem)."""
+    low = details.lower()
+    cause = details.rsplit("SSL_ERROR_SSL: ", 1)[-1].strip()
+    if any(s in low for s in SERVER_EXPIRED):
+        return f"TLS handshake failed: the certificate of member {endpoint} has expired or is not valid yet ({cause})"
+    if any(s in low for s in SERVER_NOT_TRUSTED):
+        return (
+            f"TLS handshake failed: the certificate of member {endpoint} is not signed by the CA in the "
+            f"cluster's ca_pem; use the cluster's ca.pem ({cause})"
+        )
+    if any(s in low for s in CLIENT_REFUSED):
+        return f"TLS handshake failed: member {endpoint} refused the client certificate: " + _client_cert_problem(
+            access
+        )
+    return f"TLS handshake with member {endpoint} failed: {cause}"
+
+
+def _client_cert_problem(access: EtcdAccess) -> str:
+    """Why a member may refuse our client certificate: its validity dates, else the CA that signed it."""
+    try:
+        cert = x509.load_pem_x509_certificate((access.cert or "").encode())
+    except ValueError:
+        return "cert_pem is not a PEM certificate"
+    now = datetime.now(UTC)
+    if cert.not_valid_after_utc < now:
+        return f"cert_pem (etcd.pem) expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; renew it"
+    if cert.not_valid_before_utc > now:
+        return f"cert_pem (etcd.pem) is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check clocks)"
+    return f"cert_pem (etcd.pem, issuer {cert.issuer.rfc4514_string()}) is not signed by a CA the member trusts"
 
 
 def _flag(message, number: int) -> bool:
@@ -146,7 +200,7 @@ def members(access: EtcdAccess) -> list[MemberInfo]:
                 lambda c: etcdrpc.ClusterStub(c).MemberList(etcdrpc.MemberListRequest(), timeout=access.timeout),
             )
         except EtcdUnavailable as exc:
-            errors.append(str(exc))
+            errors.append(exc)
             continue
         return [
             MemberInfo(
@@ -158,7 +212,7 @@ def members(access: EtcdAccess) -> list[MemberInfo]:
             )
             for m in resp.members
         ]
-    raise EtcdUnavailable("no endpoint answered: " + "; ".join(errors), step="member list")
+    raise all_failed("no endpoint answered", errors, step="member list")
 
 
 def status(access: EtcdAccess, endpoint: str) -> EndpointStatus:
@@ -193,20 +247,24 @@ def health(access: EtcdAccess, *, rounds: int = HEALTH_ROUNDS, pause: float = HE
     """Per endpoint 'ok' when a linearizable read succeeds (`etcdctl endpoint health`), else the error.
 
     Endpoints that fail are asked again, up to `rounds` times `pause` seconds apart: a leader
-    election right after a failure can fail one check of a good member.
+    election right after a failure can fail one check of a good member (a refused TLS handshake
+    is not asked again: waiting does not change a certificate).
     """
-    result = _health_once(access, access.endpoints)
+    result, final = _health_once(access, access.endpoints)
     for _ in range(rounds - 1):
-        bad = [e for e, state in result.items() if state != "ok"]
+        bad = [e for e, state in result.items() if state != "ok" and e not in final]
         if not bad:
             break
         time.sleep(pause)
-        result.update(_health_once(access, bad))
+        states, refused = _health_once(access, bad)
+        result.update(states)
+        final |= refused
     return result
 
 
-def _health_once(access: EtcdAccess, endpoints: Iterable[str]) -> dict[str, str]:
-    result = {}
+def _health_once(access: EtcdAccess, endpoints: Iterable[str]) -> tuple[dict[str, str], set[str]]:
+    """Each endpoint's state, and the endpoints whose failure a retry cannot fix."""
+    result, final = {}, set()
     request = etcdrpc.RangeRequest(key=b"health")
     for endpoint in endpoints:
         try:
@@ -216,7 +274,9 @@ def _health_once(access: EtcdAccess, endpoints: Iterable[str]) -> dict[str, str]
             result[endpoint] = "ok"
         except EtcdUnavailable as exc:
             result[endpoint] = "ok" if "PERMISSION_DENIED" in exc.message else exc.message
-    return result
+            if not exc.transient:
+                final.add(endpoint)
+    return result, final
 
 
 def pick_sources(access: EtcdAccess) -> list[str]:
@@ -226,14 +286,21 @@ def pick_sources(access: EtcdAccess) -> list[str]:
         try:
             st = status(access, endpoint)
         except EtcdUnavailable as exc:
-            errors.append(str(exc))
+            errors.append(exc)
             continue
         if not st.is_learner:
             found.append(st)
     if not found:
-        raise EtcdUnavailable("no voting member answered: " + "; ".join(errors), step="pick snapshot source")
+        raise all_failed("no voting member answered", errors, step="pick snapshot source")
     found.sort(key=lambda s: (not s.is_leader, -s.raft_index))
     return [s.endpoint for s in found]
+
+
+def all_failed(what: str, errors: list[EtcdUnavailable], step: str) -> EtcdUnavailable:
+    """One error for a step every member failed: each member's reason; transient if any of them is."""
+    error = EtcdUnavailable(f"{what}: " + "; ".join(map(str, errors)), step=step)
+    error.transient = not errors or any(e.transient for e in errors)
+    return error
 
 
 class SnapshotStream:
@@ -241,6 +308,7 @@ class SnapshotStream:
 
     def __init__(self, access: EtcdAccess, endpoint: str, db_size: int = 0):
         self.endpoint = endpoint
+        self._access = access
         self._chan_cm = channel(access, endpoint)
         chan = self._chan_cm.__enter__()
         deadline = access.timeout + max(60.0, db_size / MIN_SNAPSHOT_RATE)
@@ -249,7 +317,7 @@ class SnapshotStream:
             self._first = next(self._call)
         except grpc.RpcError as exc:
             self.close()
-            raise _unavailable(exc, "snapshot", endpoint) from None
+            raise _unavailable(exc, "snapshot", endpoint, access) from None
         except StopIteration:
             self.close()
             raise EtcdUnavailable("snapshot stream ended before any data", step="snapshot", node=endpoint) from None
@@ -261,7 +329,7 @@ class SnapshotStream:
             for response in self._call:
                 yield response.blob
         except grpc.RpcError as exc:
-            raise _unavailable(exc, "snapshot", self.endpoint) from None
+            raise _unavailable(exc, "snapshot", self.endpoint, self._access) from None
 
     def close(self) -> None:
         """Cancel the stream if still running and close the channel."""

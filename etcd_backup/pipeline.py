@@ -54,8 +54,8 @@ def backup(
         try:
             return replace(template, endpoint=endpoint).run()
         except EtcdUnavailable as exc:
-            errors.append(str(exc))
-    raise EtcdUnavailable("every source member failed: " + "; ".join(errors), step="backup")
+            errors.append(exc)
+    raise etcd.all_failed("every source member failed", errors, step="backup")
 
 
 @dataclass

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from pydantic import AfterValidator
 
-from etcd_backup.catalog import Backup
+from etcd_backup.catalog import LONGEST_BACKUP, Backup
 from etcd_backup.errors import ConfigError
 from etcd_backup.storage.base import Storage
 
@@ -21,6 +21,10 @@ _TIERS = {
     "monthly": lambda t: t.strftime("%Y-%m"),
 }
 _WORDS = {"keep": "keep_last", "last": "keep_last", **{tier: tier for tier in _TIERS}}
+# An object without a manifest dated longer ago than this is a leftover (of a prune that deleted the manifest
+# and then failed, or of a backup that failed and could not remove its object), not a backup being written:
+# the longest backup attempt, plus an hour for workers whose clocks differ.
+LEFTOVER_AFTER = LONGEST_BACKUP + timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -86,23 +90,46 @@ Retention = Annotated[int | str, AfterValidator(_checked)]
 
 @dataclass
 class RetentionPlan:
-    """What to keep and what to remove, with one reason per backup key."""
+    """What to keep and what to remove, with one reason per backup key, and what a person should look at."""
 
     keep: list[Backup] = field(default_factory=list)
     remove: list[Backup] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
-def _never_removed(backup: Backup, now: datetime, cluster_id: str) -> str | None:
+def _outside_policy(backup: Backup, now: datetime, cluster_id: str) -> tuple[bool, str] | None:
+    """(remove?, reason) for a backup the policy does not rank, or None for one it does."""
     if backup.cluster_id != cluster_id:
-        return f"belongs to cluster {backup.cluster_id}, not {cluster_id}: never pruned"
+        return False, f"belongs to cluster {backup.cluster_id}, not {cluster_id}: never pruned"
     if backup.legacy:
-        return "legacy backup without manifest: never pruned"
-    if not backup.complete:
-        return "incomplete (no valid manifest): never pruned"
+        return False, "legacy backup without manifest: never pruned"
     if backup.time > now:
-        return "dated after now: never pruned"
-    return None
+        return False, "dated after now (a clock was wrong?): kept, not counted by the policy, never pruned"
+    if backup.complete:
+        return None
+    if backup.manifest_stored:
+        return False, "incomplete (its manifest is invalid or does not match the object): never pruned"
+    age = now - backup.time
+    if age > LEFTOVER_AFTER:
+        return True, (
+            f"incomplete leftover: no manifest, dated {_hours(age)} ago, longer than a backup may take "
+            f"({_hours(LEFTOVER_AFTER)}); left by an interrupted prune or a failed backup"
+        )
+    return False, f"incomplete (no manifest yet): dated {_hours(age)} ago, a backup may still be writing it"
+
+
+def _hours(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 3600:.1f} h"
+
+
+def _future_warning(future: list[Backup], counted: int, policy: Policy, now: datetime) -> str:
+    names = ", ".join(f"{b.key} ({b.time:%Y-%m-%d %H:%M:%S})" for b in future)
+    return (
+        f"{len(future)} backup(s) dated after now ({now:%Y-%m-%d %H:%M:%S} UTC), a clock was wrong: {names}. "
+        f"They are kept and not counted by '{policy}', so {counted + len(future)} complete backups are kept; "
+        "check them and delete them by hand"
+    )
 
 
 def plan(backups: Sequence[Backup], policy: Policy, now: datetime, cluster_id: str | None = None) -> RetentionPlan:
@@ -116,12 +143,12 @@ def plan(backups: Sequence[Backup], policy: Policy, now: datetime, cluster_id: s
     result = RetentionPlan()
     candidates = []
     for backup in backups:
-        reason = _never_removed(backup, now, cluster_id)
-        if reason:
-            result.keep.append(backup)
-            result.reasons[backup.key] = reason
-        else:
+        decided = _outside_policy(backup, now, cluster_id)
+        if decided is None:
             candidates.append(backup)
+            continue
+        (result.remove if decided[0] else result.keep).append(backup)
+        result.reasons[backup.key] = decided[1]
     candidates.sort(key=lambda b: (b.time, b.key), reverse=True)
     chosen = _choose(candidates, policy)
     for backup in candidates:
@@ -131,6 +158,9 @@ def plan(backups: Sequence[Backup], policy: Policy, now: datetime, cluster_id: s
         else:
             result.remove.append(backup)
             result.reasons[backup.key] = f"not selected by policy '{policy}'"
+    future = [b for b in backups if b.cluster_id == cluster_id and b.complete and b.time > now]
+    if future:
+        result.warnings.append(_future_warning(future, len(chosen), policy, now))
     return result
 
 
@@ -152,13 +182,18 @@ def _choose(newest_first: list[Backup], policy: Policy) -> dict[str, str]:
 
 
 def prune(storage: Storage, retention: RetentionPlan, dry_run: bool = True) -> list[str]:
-    """Delete the planned backups (manifest first, so a half-deleted one is invisible); return their keys."""
+    """Delete the planned backups (manifest first, so a half-deleted one is invisible) and leftovers; return keys.
+
+    A prune that fails between the two deletes leaves an object without a manifest: the next plan
+    finds it as a leftover once it is older than any backup run, and the next prune removes it.
+    """
     removed = []
     for backup in retention.remove:
-        if not backup.complete or backup.legacy:
+        if backup.legacy or (not backup.complete and backup.manifest_stored):
             continue
         if not dry_run:
-            storage.delete([backup.manifest_key])
+            if backup.complete:
+                storage.delete([backup.manifest_key])
             storage.delete([backup.key])
         removed.append(backup.key)
     return removed

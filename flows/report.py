@@ -44,6 +44,7 @@ def retention_report(cluster_id: str, plan: RetentionPlan, removed: list[str], d
     for b in sorted(plan.keep + plan.remove, key=lambda b: b.time, reverse=True):
         decision = verb if b.key in removed else "keep"
         lines.append(f"| `{b.key}` | {decision} | {plan.reasons.get(b.key, '')} |")
+    lines += ["", *(f"**Warning:** {w}" for w in plan.warnings)] if plan.warnings else []
     create_markdown_artifact(
         "\n".join(lines), key=artifact_key("retention", cluster_id), description=f"Retention decisions for {cluster_id}"
     )

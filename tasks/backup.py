@@ -27,7 +27,7 @@ def choose_sources(access: etcd.EtcdAccess) -> list[str]:
     name="snapshot-to-storage",
     task_run_name="snapshot-{cluster.cluster_id}",
     cache_policy=NO_CACHE,
-    timeout_seconds=6 * 3600,
+    timeout_seconds=int(catalog.LONGEST_BACKUP.total_seconds()),
     **RETRY,
 )
 def snapshot_to_storage(
@@ -64,7 +64,10 @@ def plan_retention(store: Storage, cluster_id: str, keep: int | str) -> retentio
     """List this cluster's backups and decide which to keep (pure policy, no deletion)."""
     policy = retention.Policy.parse(keep)
     plan = retention.plan(catalog.list_backups(store, cluster_id), policy, datetime.now(UTC), cluster_id)
-    get_run_logger().info("retention '%s': keep %d, remove %d", policy, len(plan.keep), len(plan.remove))
+    logger = get_run_logger()
+    logger.info("retention '%s': keep %d, remove %d", policy, len(plan.keep), len(plan.remove))
+    for warning in plan.warnings:
+        logger.warning("retention: %s", warning)
     return plan
 
 

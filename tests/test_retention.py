@@ -15,7 +15,7 @@ pytestmark = pytest.mark.backup
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-def make(when, cluster="uk8s-f1wymalx", complete=True, legacy=False):
+def make(when, cluster="uk8s-f1wymalx", complete=True, legacy=False, manifest_stored=None):
     key = format_key(cluster, "3.5.1", when, "tar.gz" if legacy else "zstd", prefix="etcd")
     return Backup(
         key=key,
@@ -27,6 +27,7 @@ def make(when, cluster="uk8s-f1wymalx", complete=True, legacy=False):
         complete=complete and not legacy,
         legacy=legacy,
         manifest=None,
+        manifest_stored=complete and not legacy if manifest_stored is None else manifest_stored,
     )
 
 
@@ -89,13 +90,47 @@ def test_newest_complete_backup_is_never_removed_even_with_keep_1():
 
 def test_incomplete_and_legacy_backups_are_never_removed_and_do_not_count():
     complete = hourly_series(4)
-    incomplete = make(NOW + timedelta(minutes=-1) - timedelta(hours=10), complete=False)
+    incomplete = make(NOW + timedelta(minutes=-1) - timedelta(hours=1), complete=False)
+    bad_manifest = make(NOW - timedelta(days=30), complete=False, manifest_stored=True)
     legacy = make(NOW - timedelta(days=400), legacy=True)
-    result = plan([*complete, incomplete, legacy], Policy(keep_last=2), NOW)
-    assert incomplete in result.keep and legacy in result.keep
-    assert "incomplete" in result.reasons[incomplete.key]
+    result = plan([*complete, incomplete, bad_manifest, legacy], Policy(keep_last=2), NOW)
+    assert incomplete in result.keep and legacy in result.keep and bad_manifest in result.keep
+    assert "may still be writing" in result.reasons[incomplete.key]
+    assert "manifest is invalid" in result.reasons[bad_manifest.key]
     assert "legacy" in result.reasons[legacy.key]
     assert [b.key for b in result.remove] == [b.key for b in complete[2:]]
+
+
+def test_an_old_object_without_manifest_is_a_leftover_the_plan_removes_and_says_why():
+    complete = hourly_series(2)
+    young = make(NOW - timedelta(hours=6, minutes=50), complete=False)
+    leftover = make(NOW - timedelta(hours=7, minutes=10), complete=False)
+    theirs = make(NOW - timedelta(days=3), cluster="uk8s-other", complete=False)
+    result = plan([*complete, young, leftover, theirs], Policy(keep_last=5), NOW, cluster_id="uk8s-f1wymalx")
+    assert [b.key for b in result.remove] == [leftover.key]
+    assert "leftover" in result.reasons[leftover.key] and "7.2 h ago" in result.reasons[leftover.key]
+    assert young in result.keep and theirs in result.keep
+
+
+def test_prune_removes_a_leftover_object_and_nothing_else():
+    from etcd_backup.catalog import list_backups
+
+    storage = MemoryStorage()
+    keys = [_stored(storage, NOW - timedelta(days=d)) for d in range(3)]
+    storage.delete([keys[2] + ".manifest.json"])  # a prune that stopped after the manifest
+    result = plan(list_backups(storage, "uk8s-f1wymalx"), Policy(keep_last=5), NOW)
+    assert prune(storage, result, dry_run=False) == [keys[2]]
+    assert {o.key for o in storage.list()} == {*keys[:2], *(k + ".manifest.json" for k in keys[:2])}
+
+
+def test_backups_dated_in_the_future_are_kept_uncounted_and_reported():
+    future = make(NOW + timedelta(days=2))
+    past = hourly_series(4)
+    result = plan([future, *past], Policy(keep_last=2), NOW)
+    assert {b.key for b in result.keep} == {future.key, past[0].key, past[1].key}
+    assert "dated after now" in result.reasons[future.key]
+    (warning,) = result.warnings
+    assert future.key in warning and "3 complete backups are kept" in warning and "'keep 2'" in warning
 
 
 def test_newest_is_kept_when_incomplete_backups_are_newer():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 
 import boto3
@@ -84,6 +85,11 @@ class S3Storage(Closing):
         )
         # Bound what a non-seekable source may buffer: one part per worker.
         self._transfer.max_in_memory_upload_chunks = max_concurrency
+        # Multipart uploads begun and not completed, by object name: aborted when their put fails.
+        self._uploads: dict[str, str] = {}
+        self._writing: set[str] = set()  # names a put is uploading right now (never aborted under it)
+        self._uploads_lock = threading.Lock()
+        self._client.meta.events.register("after-call.s3.CreateMultipartUpload", self._note_upload)
 
     def describe(self) -> str:
         """Where objects go, e.g. 's3://bucket/prefix/ at https://endpoint'."""
@@ -91,11 +97,48 @@ class S3Storage(Closing):
         return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
 
     def put(self, key: str, source: Readable) -> ObjectInfo:
-        """Stream source into key (multipart above the threshold); nothing is visible on failure."""
+        """Stream source into key (multipart above the threshold); nothing is visible on failure.
+
+        A failed multipart upload is aborted (its parts would be stored and billed, unseen); when the
+        server cannot be reached for that, the abort is tried again by the next put and by close().
+        """
         name = self.prefix + check_key(key)
-        with self._errors("put", key):
-            self._client.upload_fileobj(FullReads(source), self.bucket, name, Config=self._transfer)
+        self._abort_uploads()
+        with self._uploads_lock:
+            self._writing.add(name)
+        try:
+            with self._errors("put", key):
+                self._client.upload_fileobj(FullReads(source), self.bucket, name, Config=self._transfer)
+        except BaseException:
+            with self._uploads_lock:
+                self._writing.discard(name)
+            self._abort_uploads()
+            raise
+        with self._uploads_lock:
+            self._writing.discard(name)
+            self._uploads.pop(name, None)
         return self.stat(key)
+
+    def _note_upload(self, parsed: dict | None = None, **_: object) -> None:
+        """botocore hook: remember the id of a multipart upload as soon as the server gives it."""
+        if parsed and parsed.get("UploadId") and parsed.get("Key"):
+            with self._uploads_lock:
+                self._uploads[parsed["Key"]] = parsed["UploadId"]
+
+    def _abort_uploads(self) -> None:
+        """Abort the uploads failed puts left; those the server did not confirm stay remembered."""
+        with self._uploads_lock:
+            pending = [(name, upload) for name, upload in self._uploads.items() if name not in self._writing]
+        for name, upload in pending:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    continue
+            except (botocore.exceptions.BotoCoreError, *NETWORK_ERRORS):
+                continue
+            with self._uploads_lock:
+                self._uploads.pop(name, None)
 
     def open(self, key: str) -> ReadStream:
         """Stream key's content; raises NotFound when it does not exist."""
@@ -140,7 +183,8 @@ class S3Storage(Closing):
                     )
 
     def close(self) -> None:
-        """Release pooled connections and remove the CA bundle file made from PEM text."""
+        """Abort what failed uploads left, release pooled connections, remove the CA bundle file made from PEM text."""
+        self._abort_uploads()
         self._client.close()
         if self._ca_file:
             os.unlink(self._ca_file)

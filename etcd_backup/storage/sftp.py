@@ -9,6 +9,7 @@ import shutil
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,8 @@ PACKET = 256 * 1024
 CHUNK = 1024 * 1024
 READ_AHEAD = 4 * 1024 * 1024  # one window of pipelined reads; at most ~3 windows are held in memory
 NETWORK_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError, OSError)
+STALE_TEMP = 6 * 3600  # a temp file nobody wrote to for this long (the longest backup run) was left by a dead upload
+LOW_SPACE = 4 * CHUNK  # a write the server fails without a reason while less is free: the disk is full
 
 
 class SFTPStorage(Closing):
@@ -45,8 +48,11 @@ class SFTPStorage(Closing):
         known_hosts: str | None = None,
         host_fingerprint: str | None = None,
         timeout: float = 30,
+        stale_after: float = STALE_TEMP,
     ):
         self.host, self.port, self.user = host, port, user
+        self.stale_after = stale_after
+        self._leftovers: set[str] = set()  # temp files a failed put of ours could not remove
         self.directory = directory.rstrip("/") or "/"
         self._auth: dict[str, Any] = dict(
             private_key=private_key,
@@ -66,12 +72,18 @@ class SFTPStorage(Closing):
         )
 
     def put(self, key: str, source: Readable) -> ObjectInfo:
-        """Stream source to a temp file beside key (mode 0600, pipelined), then rename it into place."""
+        """Stream source to a temp file beside key (mode 0600, pipelined), then rename it into place.
+
+        Temp files that failed puts left in the directory (the link dropped) are removed first:
+        this storage's own at once, anyone's once nobody wrote to them for stale_after seconds.
+        """
         path = self._path(key)
-        tmp = posixpath.join(posixpath.dirname(path), temp_name(posixpath.basename(path)))
+        directory = posixpath.dirname(path)
+        tmp = posixpath.join(directory, temp_name(posixpath.basename(path)))
         sftp = self._session("put")
         try:
-            self._makedirs(sftp, posixpath.dirname(path))
+            self._sweep(sftp, directory)
+            self._makedirs(sftp, directory)
             with sftp.open(tmp, "wbx") as out:
                 out.chmod(0o600)
                 out.set_pipelined(True)
@@ -79,10 +91,50 @@ class SFTPStorage(Closing):
             sftp.posix_rename(tmp, path)
             return self.stat(key)
         except BaseException as exc:
+            error = self._put_error(sftp, exc, directory) if isinstance(exc, NETWORK_ERRORS) else None
             self._discard(sftp, tmp)
-            if isinstance(exc, NETWORK_ERRORS):
-                raise self._error(exc, "put", posixpath.dirname(path)) from None
+            if error is not None:
+                raise error from None
             raise
+
+    def _sweep(self, sftp: paramiko.SFTPClient, directory: str) -> None:
+        """Remove the temp files in directory that failed puts left (see put)."""
+        try:
+            entries = sftp.listdir_attr(directory)
+        except FileNotFoundError:
+            return
+        now = time.time()
+        for entry in entries:
+            path = posixpath.join(directory, entry.filename)
+            stale = now - (entry.st_mtime or now) > self.stale_after
+            if is_temp(entry.filename) and (path in self._leftovers or stale):
+                try:
+                    sftp.remove(path)
+                except OSError:
+                    continue  # another writer's, or gone already
+                self._leftovers.discard(path)
+
+    def _put_error(self, sftp: paramiko.SFTPClient, exc: BaseException, directory: str) -> StorageError:
+        """The error of a failed put; SFTP's reasonless 'Failure' with (almost) no space left is a full disk."""
+        if isinstance(exc, OSError) and exc.errno is None and "Failure" in str(exc):
+            free = self._free_bytes(sftp, directory)
+            if free is not None and free < LOW_SPACE:
+                return StorageError(
+                    f"{self.describe()}: no space left on {self.host} for {directory} ({free} bytes free; "
+                    "a full disk or a quota): free space or prune old backups there",
+                    step="sftp put",
+                )
+        return self._error(exc, "put", directory)
+
+    def _free_bytes(self, sftp: paramiko.SFTPClient, directory: str) -> int | None:
+        """Bytes available to the user in directory's filesystem (OpenSSH's statvfs extension), or None."""
+        try:
+            # paramiko has no statvfs call; the extension's reply is 11 uint64s (f_bsize, f_frsize, ..., f_bavail, ...)
+            _, msg = sftp._request(paramiko.sftp.CMD_EXTENDED, "statvfs@openssh.com", directory)
+            fields = [msg.get_int64() for _ in range(5)] if msg is not None else []
+        except (*NETWORK_ERRORS, AttributeError):
+            return None
+        return fields[1] * fields[4] if len(fields) == 5 else None
 
     def open(self, key: str) -> ReadStream:
         """Stream key with pipelined read-ahead in bounded windows (never the whole file in memory), or NotFound."""
@@ -226,11 +278,13 @@ class SFTPStorage(Closing):
                 found.append(ObjectInfo(key, entry.st_size, datetime.fromtimestamp(entry.st_mtime, UTC)))
 
     def _discard(self, sftp: paramiko.SFTPClient, tmp: str) -> None:
-        """Best effort removal of a temp file after a failed put (the link may be gone)."""
+        """Best effort removal of a temp file after a failed put; when the link is gone, the next put removes it."""
         try:
             sftp.remove(tmp)
-        except (paramiko.SSHException, OSError, EOFError):
+        except FileNotFoundError:
             pass
+        except (paramiko.SSHException, OSError, EOFError):
+            self._leftovers.add(tmp)
 
     def _alive(self) -> bool:
         transport = self._client.get_transport() if self._client else None

@@ -70,6 +70,7 @@ class SeaweedFS:
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            "-s3.autoCreateBucket=false",  # as UFile and S3: writing to a missing bucket is an error
         ]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)

@@ -6,15 +6,20 @@ ListObjects at most 5000 keys a page. Requests are forwarded unchanged (same Hos
 header, so signatures still verify) and bodies are streamed, never buffered whole.
 Every refusal is recorded in `rejections`; `drop_after_bytes` makes the server vanish
 mid-transfer (connections cut, and every later request too, until `heal()`).
+`inject(Fault(...))` plays a sick server for chosen S3 operations: an HTTP error status,
+a connection reset half way through the request body, or an answer held back for a while.
 """
 
 from __future__ import annotations
 
 import http.client
 import socket
+import struct
 import threading
+import time
 import urllib.parse
 from collections import defaultdict
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MiB = 1024 * 1024
@@ -29,6 +34,35 @@ class Gone(Exception):
     """The proxy is playing a dead server."""
 
 
+@dataclass
+class Fault:
+    """A sick answer to the S3 operations in `ops` (see `operation`), `times` times (None: until heal).
+
+    kind: "status" answers `status` with an S3 error document; "reset" reads half the request
+    body, then resets the connection; "slow" forwards the request and holds the answer `delay` s.
+    """
+
+    kind: str
+    ops: frozenset[str]
+    times: int | None = 1
+    status: int = 500
+    delay: float = 0.0
+    hits: int = 0
+
+
+def operation(method: str, path: str, query: dict) -> str:
+    """The S3 operation a request is: upload-part, create-upload, complete-upload, abort-upload, list-uploads,
+    put, get, head, delete, list, or bucket."""
+    is_object = path.strip("/").count("/") >= 1
+    if "uploadId" in query:
+        return {"PUT": "upload-part", "POST": "complete-upload", "DELETE": "abort-upload"}.get(method, "list-parts")
+    if "uploads" in query:
+        return "create-upload" if method == "POST" else "list-uploads"
+    if not is_object:
+        return "list" if method == "GET" else "bucket"
+    return {"PUT": "put", "GET": "get", "HEAD": "head", "DELETE": "delete"}.get(method, method.lower())
+
+
 class UFileProxy:
     """Threaded proxy on 127.0.0.1:<free port> forwarding to upstream ('http://127.0.0.1:8333')."""
 
@@ -40,6 +74,7 @@ class UFileProxy:
         self.requests: list[str] = []
         self.drop_after_bytes: int | None = None
         self.gone = False
+        self.faults: list[Fault] = []
         self._relayed = 0
         self._parts: dict[str, dict[int, int]] = defaultdict(dict)
         self._lock = threading.Lock()
@@ -77,8 +112,24 @@ class UFileProxy:
             self._relayed, self.drop_after_bytes = 0, nbytes
 
     def heal(self) -> None:
-        """Come back: stop dropping connections."""
+        """Come back: stop dropping connections and playing sick."""
         self.gone, self.drop_after_bytes, self._relayed = False, None, 0
+        self.faults = []
+
+    def inject(self, fault: Fault) -> Fault:
+        """Play fault from now on (until its `times` are used up, or heal)."""
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def fault_for(self, op: str) -> Fault | None:
+        """The fault to play on this request, if any (counting it)."""
+        with self._lock:
+            for fault in self.faults:
+                if op in fault.ops and (fault.times is None or fault.hits < fault.times):
+                    fault.hits += 1
+                    return fault
+        return None
 
     def check(self, method: str, path: str, query: dict, headers) -> str | None:
         """Why UFile would refuse this request, or None."""
@@ -179,7 +230,12 @@ class _Relay(BaseHTTPRequestHandler):
                 if reason:
                     return self._refuse(reason, drain=True)
             self.proxy.requests.append(f"{self.command} {self.path}")
-            self._forward()
+            url = urllib.parse.urlsplit(self.path)
+            query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+            fault = self.proxy.fault_for(operation(self.command, url.path, query))
+            if fault is not None and fault.kind != "slow":
+                return self._play(fault)
+            self._forward(delay=fault.delay if fault else 0.0)
         except Gone:
             self.close_connection = True
             try:
@@ -187,7 +243,22 @@ class _Relay(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-    def _forward(self):
+    def _play(self, fault: Fault) -> None:
+        """Answer with an error status, or reset the connection half way through the body."""
+        size = int(self.headers.get("Content-Length") or 0)
+        if fault.kind == "reset":
+            self._copy_body(size // 2, lambda chunk: None)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raise Gone()  # closing with SO_LINGER 0 sends a TCP RST
+        self._copy_body(size, lambda chunk: None)
+        body = b"<?xml version='1.0'?><Error><Code>InternalError</Code><Message>injected</Message></Error>"
+        self.send_response_only(fault.status, "Injected")
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _forward(self, delay: float = 0.0):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         upstream = http.client.HTTPConnection(*self.proxy.upstream, timeout=self.timeout)
@@ -202,6 +273,7 @@ class _Relay(BaseHTTPRequestHandler):
             response = upstream.getresponse()
             if self.command == "PUT" and "partNumber" in query and response.status == 200:
                 self.proxy.record_part(query, size)
+            time.sleep(delay)
             self._send_response(response)
         finally:
             upstream.close()

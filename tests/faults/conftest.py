@@ -1,0 +1,22 @@
+"""Fixtures of the fault suite: etcd clusters shared by a module, filled once."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from tests.fleet.data import fill
+from tests.fleet.etcd_cluster import EtcdCluster
+from tests.fleet.fixtures import start
+
+
+@pytest.fixture(scope="module")
+def module_etcd(tmp_path_factory, fleet_pki):
+    """A one-member etcd 3.5.1 with ~13 MB of Kubernetes-like data, for a module's tests that only read it."""
+    with contextlib.ExitStack() as stack:
+        cluster = start(EtcdCluster(tmp_path_factory.mktemp("etcd"), fleet_pki, 1, "3.5.1"), stack)
+        client = cluster.client(0)
+        fill(client, 1200, 10_000)
+        client.close()
+        yield cluster
