@@ -85,3 +85,21 @@ def save_block(block) -> str:
     name = f"faults-{secrets.token_hex(4)}"
     block.save(name)
     return f"{block.get_block_type_slug()}/{name}"
+
+
+def latest_artifact(key: str) -> str:
+    """The data of the newest artifact with key (a run report), read through the Prefect API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read() -> str:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+            )
+        return str(found[0].data) if found else ""
+
+    return asyncio.run(read())

@@ -20,3 +20,14 @@ def module_etcd(tmp_path_factory, fleet_pki):
         fill(client, 1200, 10_000)
         client.close()
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def small_etcd(tmp_path_factory, fleet_pki):
+    """A one-member etcd 3.5.1 with a little data, for a module's tests that only read it."""
+    with contextlib.ExitStack() as stack:
+        cluster = start(EtcdCluster(tmp_path_factory.mktemp("etcd"), fleet_pki, 1, "3.5.1"), stack)
+        client = cluster.client(0)
+        fill(client, 200, 1000)
+        client.close()
+        yield cluster

@@ -21,6 +21,7 @@ from blocks import UFileStorage as UFileBlock
 from etcd_backup import etcd
 from etcd_backup.catalog import list_backups
 from etcd_backup.errors import EtcdUnavailable
+from etcd_backup.pipeline import backup
 from etcd_backup.storage.local import LocalStorage
 from flows.backup import backup_etcd
 from tests.faults.checks import access_of, assert_restorable, backup_keys, key_digest, save_block, save_cluster, visible
@@ -31,6 +32,7 @@ from tests.servers.tcp_proxy import TCPProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.backup]
 CLUSTER = "uk8s-etcdfaults"
+HOUR_AGO = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)  # earlier backups: distinct names
 
 
 @pytest.fixture
@@ -78,7 +80,8 @@ def test_source_member_killed_mid_snapshot_fails_over_to_one_good_backup(
             endpoint_url=ufile_proxy.endpoint,
         )
     )
-    earlier = backup_etcd(cluster=block, storage=ref, keep=5, compression="none")
+    store = make_ufile(seaweedfs, bucket, ufile_proxy)
+    earlier = backup(access_of(cluster), store, cluster_id=CLUSTER, compression="none", now=HOUR_AGO)
     before = key_digest(cluster)
 
     source = etcd.pick_sources(access_of(cluster, urls))[0]
@@ -90,7 +93,6 @@ def test_source_member_killed_mid_snapshot_fails_over_to_one_good_backup(
     assert cluster.members[victim].process.wait(5) == -signal.SIGKILL  # it really died mid-stream
     assert record.source_endpoint != source and record.source_member != f"etcd{victim + 1}"
     assert record.size > 8 << 20
-    store = make_ufile(seaweedfs, bucket, ufile_proxy)
     assert visible(store) == backup_keys(earlier.key, record.key)
     assert seaweedfs.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert_restorable(store, CLUSTER, [earlier.key, record.key], tmp_path)
@@ -103,7 +105,10 @@ def test_all_members_down_fails_clearly_and_prunes_nothing(prefect_api, make_etc
     fill(cluster.client(0), 100, 1000)
     block = save_cluster(cluster, CLUSTER)
     ref, store = local_ref(tmp_path)
-    earlier = [backup_etcd(cluster=block, storage=ref, keep=5, compression="gzip") for _ in range(2)]
+    earlier = [
+        backup(access_of(cluster), store, cluster_id=CLUSTER, now=HOUR_AGO - datetime.timedelta(hours=h))
+        for h in (1, 0)
+    ]
     before = key_digest(cluster)
     for i in range(3):
         cluster.stop_member(i)
@@ -123,7 +128,7 @@ def test_snapshot_stream_cut_in_transit_is_not_stored_and_the_retry_is_good(pref
     (relay,), urls = relays(module_etcd)
     block = save_cluster(module_etcd, CLUSTER, endpoints=urls)
     ref, store = local_ref(tmp_path)
-    earlier = backup_etcd(cluster=block, storage=ref, keep=5)
+    earlier = backup(access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
     before = key_digest(module_etcd)
 
     relay.cut_after(8 << 20, stay_gone=False)  # the first attempt loses its link 8 MB into the ~13 MB stream
@@ -140,7 +145,7 @@ def test_a_stream_cut_for_good_fails_the_run_and_stores_nothing(prefect_api, mod
     (relay,), urls = relays(module_etcd)
     block = save_cluster(module_etcd, CLUSTER, endpoints=urls)
     ref, store = local_ref(tmp_path)
-    earlier = backup_etcd(cluster=block, storage=ref, keep=5)
+    earlier = backup(access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
     relay.cut_after(8 << 20)  # and stays gone: every retry fails too
     with pytest.raises(EtcdUnavailable) as failed:
         backup_etcd(cluster=block, storage=ref, keep=1)
@@ -175,7 +180,7 @@ def test_refused_tls_fails_at_once_with_an_error_naming_the_member(
     wrong, prefect_api, module_etcd, fleet_pki, tmp_path_factory, tmp_path
 ):
     ref, store = local_ref(tmp_path)
-    earlier = backup_etcd(cluster=save_cluster(module_etcd, CLUSTER), storage=ref, keep=5)
+    earlier = backup(access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
     if wrong == "CA":
         other = make_pki(tmp_path_factory.mktemp("other-pki"), 0)
         tls = {"ca_pem": other.ca.read_text()}

@@ -40,6 +40,7 @@ class Fault:
 
     kind: "status" answers `status` with an S3 error document; "reset" reads half the request
     body, then resets the connection; "slow" forwards the request and holds the answer `delay` s.
+    `ending`: only requests whose path ends so (one object).
     """
 
     kind: str
@@ -47,6 +48,7 @@ class Fault:
     times: int | None = 1
     status: int = 500
     delay: float = 0.0
+    ending: str = ""
     hits: int = 0
 
 
@@ -122,11 +124,15 @@ class UFileProxy:
             self.faults.append(fault)
         return fault
 
-    def fault_for(self, op: str) -> Fault | None:
+    def fault_for(self, op: str, path: str) -> Fault | None:
         """The fault to play on this request, if any (counting it)."""
         with self._lock:
             for fault in self.faults:
-                if op in fault.ops and (fault.times is None or fault.hits < fault.times):
+                if (
+                    op in fault.ops
+                    and path.endswith(fault.ending)
+                    and (fault.times is None or fault.hits < fault.times)
+                ):
                     fault.hits += 1
                     return fault
         return None
@@ -232,7 +238,7 @@ class _Relay(BaseHTTPRequestHandler):
             self.proxy.requests.append(f"{self.command} {self.path}")
             url = urllib.parse.urlsplit(self.path)
             query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-            fault = self.proxy.fault_for(operation(self.command, url.path, query))
+            fault = self.proxy.fault_for(operation(self.command, url.path, query), url.path)
             if fault is not None and fault.kind != "slow":
                 return self._play(fault)
             self._forward(delay=fault.delay if fault else 0.0)
