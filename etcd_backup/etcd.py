@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
-from cryptography import x509
 from google.protobuf.unknown_fields import UnknownFieldSet
 from pyetcd import etcdrpc
 
@@ -171,6 +170,8 @@ def _tls_reason(details: str, endpoint: str, access: EtcdAccess) -> str:
 
 def _client_cert_problem(access: EtcdAccess) -> str:
     """Why a member may refuse our client certificate: its validity dates, else the CA that signed it."""
+    from cryptography import x509  # only when a handshake failed: it costs ~10 MB of RSS in every backup
+
     try:
         cert = x509.load_pem_x509_certificate((access.cert or "").encode())
     except ValueError:
