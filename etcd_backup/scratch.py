@@ -187,6 +187,8 @@ class ScratchEtcd:
             f"--quota-backend-bytes={max(DEFAULT_QUOTA, 2 * self.snapshot.stat().st_size)}",
             *_cluster_flags(peer),
         ]
+        if _at_least(self.version, (3, 4)):
+            argv.append("--logger=zap")  # JSON lines whose fatal entry names the reason (3.4 defaults to capnslog)
         self.endpoint = url
         self._access = etcd.EtcdAccess(endpoints=(url,), timeout=10.0)
         with open(self.log, "ab") as log:
@@ -257,6 +259,11 @@ def _snapshot_revision(tool: Path, snapshot: Path) -> tuple[int | None, str]:
 
 class _PortTaken(Exception):
     """The chosen loopback port was taken between choosing and binding it."""
+
+
+def _at_least(version: str, wanted: tuple[int, int]) -> bool:
+    numbers = re.findall(r"\d+", version)[:2]
+    return tuple(int(n) for n in numbers) >= wanted
 
 
 def _cluster_flags(peer: int) -> list[str]:
