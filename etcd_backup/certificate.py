@@ -124,8 +124,8 @@ def restored_certificate(
         message = f"revision {revision} is compacted on the restored copy"
         raise EtcdUnavailable(message, step="certificate", node=endpoint)
     return Certificate(
-        revision=revision,
-        revision_low=revision,
+        revision=found.revision,
+        revision_low=found.revision,
         key_count=found.key_count,
         hash=found.hash,
         compact_revision=found.compact_revision,
@@ -198,9 +198,23 @@ def _member_version(chan: grpc.Channel, timeout: float) -> str:
 
 
 def _point(chan: grpc.Channel, endpoint: str, revision: int) -> Point | None:
-    """HashKV and key count at revision; None when the revision is compacted."""
+    """HashKV and key count at revision; None when the revision is compacted.
+
+    HashKV refuses the compaction revision itself, which is also the current one after `compact <current>`
+    (a restored copy then serves the compaction revision even when its last keys, deleted, went with the
+    compaction): HashKV(0), the current revision, covers that case.
+    """
+    maintenance = etcdrpc.MaintenanceStub(chan)
     try:
-        hashed = etcdrpc.MaintenanceStub(chan).HashKV(etcdrpc.HashKVRequest(revision=revision), timeout=HASH_TIMEOUT)
+        try:
+            hashed = maintenance.HashKV(etcdrpc.HashKVRequest(revision=revision), timeout=HASH_TIMEOUT)
+        except grpc.RpcError as exc:
+            if not _compacted(exc):
+                raise
+            hashed = maintenance.HashKV(etcdrpc.HashKVRequest(revision=0), timeout=HASH_TIMEOUT)
+            if not revision <= hashed.compact_revision == hashed.header.revision:
+                return None
+            revision = hashed.compact_revision
         count = etcdrpc.KVStub(chan).Range(
             etcdrpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True, serializable=True, revision=revision),
             timeout=HASH_TIMEOUT,

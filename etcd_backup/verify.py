@@ -92,10 +92,9 @@ def _inspect(
         found = restored_certificate(
             scratch.access, scratch.endpoint, scratch.revision, point.compact_revision if point else None
         )
-        wanted = (
-            kubernetes_prefixes(scratch.access, scratch.endpoint, scratch.revision) if prefixes is None else [*prefixes]
-        )
-        missing = check_prefixes(scratch.access, scratch.endpoint, scratch.revision, wanted)
+        at = found.revision
+        wanted = kubernetes_prefixes(scratch.access, scratch.endpoint, at) if prefixes is None else [*prefixes]
+        missing = check_prefixes(scratch.access, scratch.endpoint, at, wanted)
     except EtcdUnavailable as exc:
         report.differences.append(
             f"the restored etcd failed while reading its data: {exc}; its log ends:\n{scratch.log_tail()}"
