@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from etcd_backup.snapshot import SnapshotCheck
+
 
 @dataclass(frozen=True)
 class SnapshotStatus:
@@ -30,3 +32,12 @@ def inspect_db(path: str | Path, tool: str | Path) -> SnapshotStatus:
     return SnapshotStatus(
         hash=data["hash"], revision=data["revision"], total_key=data["totalKey"], total_size=data["totalSize"]
     )
+
+
+def check_file(path: str | Path) -> str:
+    """Check a snapshot file's sha256 trailer and return its sha256 (BackupCorrupt when wrong)."""
+    check = SnapshotCheck(str(path))
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            check.update(chunk)
+    return check.finish()

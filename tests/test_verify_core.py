@@ -17,10 +17,10 @@ from etcd_backup import etcd
 from etcd_backup.certificate import Certificate, Point, check_prefixes, compare, source_certificate
 from etcd_backup.errors import BackupCorrupt, ConfigError
 from etcd_backup.scratch import DIR_PREFIX, ENV_DIR, ScratchEtcd, find_tools
-from etcd_backup.snapshot import check_file
 from etcd_backup.verify import verify_restorable
 from tests.fleet.binaries import find_binaries
 from tests.fleet.data import fill
+from tests.snapshot_status import check_file
 
 pytestmark = pytest.mark.verify
 BOTH = pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
