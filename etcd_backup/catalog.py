@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -11,11 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from etcd_backup.certificate import Certificate
 from etcd_backup.compression import Compression, unknown
 from etcd_backup.errors import ConfigError, NotFound
 from etcd_backup.storage.base import Storage
+from etcd_backup.verify import VerifyReport
 
 MANIFEST_SUFFIX = ".manifest.json"
+VERIFIED_SUFFIX = ".verified.json"
 MANIFEST_FORMAT = 1
 TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
 LONGEST_BACKUP = timedelta(hours=6)  # the snapshot task's timeout: no backup attempt writes for longer
@@ -115,10 +119,25 @@ class Manifest(BaseModel):
     compression: Compression
     encryption: str | None = None
     recipients: list[str] = []
+    # what the source held at the snapshot's revision (etcd's HashKV, key count): None when it could not be read
+    certificate: Certificate | None = None
 
     def to_json(self) -> bytes:
         """Serialise for storage."""
         return self.model_dump_json(indent=2).encode()
+
+
+class Verification(BaseModel):
+    """The result of restoring a backup into a scratch etcd, stored as `<name>.verified.json` next to its manifest."""
+
+    key: str
+    verified_at: datetime
+    report: VerifyReport
+
+    @property
+    def ok(self) -> bool:
+        """True when the backup restored and matched its certificate."""
+        return self.report.ok
 
 
 class BackupRecord(Manifest):
@@ -145,6 +164,28 @@ class BackupRecord(Manifest):
 def manifest_key(key: str) -> str:
     """The key of the manifest that belongs to a backup object."""
     return key + MANIFEST_SUFFIX
+
+
+def verified_key(key: str) -> str:
+    """The key of the verification record that belongs to a backup object."""
+    return key + VERIFIED_SUFFIX
+
+
+def write_verification(storage: Storage, key: str, report: VerifyReport, when: datetime | None = None) -> Verification:
+    """Store the result of verifying backup key next to its manifest."""
+    record = Verification(key=key, verified_at=when or datetime.now(UTC), report=report)
+    storage.put(verified_key(key), io.BytesIO(record.model_dump_json(indent=2).encode()))
+    return record
+
+
+def read_verification(storage: Storage, key: str) -> Verification | None:
+    """The last verification of backup key, or None when it was never verified (or the record is unreadable)."""
+    try:
+        with storage.open(verified_key(key)) as f:
+            record = Verification.model_validate_json(f.read(1 << 20))
+    except (NotFound, ValidationError, ValueError):
+        return None
+    return record if record.key == key else None
 
 
 def read_manifest(storage: Storage, key: str) -> Manifest:
@@ -176,6 +217,7 @@ class Backup:
     legacy: bool
     manifest: Manifest | None = None
     manifest_stored: bool = False  # a manifest object exists, valid or not
+    verification: Verification | None = None
 
     @property
     def manifest_key(self) -> str:
@@ -186,7 +228,8 @@ class Backup:
 def list_backups(storage: Storage, cluster_id: str, prefix: str = "") -> list[Backup]:
     """The backups of cluster_id under prefix, oldest first; foreign objects are skipped."""
     prefix = prefix.strip("/")
-    objects = {o.key: o for o in storage.list(f"{prefix}/" if prefix else "")}
+    names = (f"{prefix}/" if prefix else "") + f"{cluster_id}-backup-etcd-"  # not other clusters', not segments
+    objects = {o.key: o for o in storage.list(names)}
     backups = []
     for key, info in objects.items():
         parsed = parse_key(key)
@@ -211,6 +254,7 @@ def list_backups(storage: Storage, cluster_id: str, prefix: str = "") -> list[Ba
                 legacy=legacy,
                 manifest=manifest,
                 manifest_stored=manifest_key(key) in objects,
+                verification=read_verification(storage, key) if verified_key(key) in objects else None,
             )
         )
     return sorted(backups, key=lambda b: (b.time, b.key))

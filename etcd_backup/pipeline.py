@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import BinaryIO
 
 from etcd_backup import etcd
 from etcd_backup.catalog import Backup, BackupRecord, Manifest, format_key, manifest_key, parse_key, read_manifest
+from etcd_backup.certificate import Certificate, source_certificate
 from etcd_backup.compression import COMPRESSIONS, DECODE_ERRORS, Compression, compressor, decompressor, unknown
 from etcd_backup.encryption import DECRYPT_ERRORS, Encryptor, decrypting_reader, parse_identities, parse_recipients
 from etcd_backup.errors import BackupCorrupt, ConfigError, EtcdUnavailable, NotFound
@@ -22,6 +25,7 @@ from etcd_backup.snapshot import SnapshotCheck
 from etcd_backup.storage.base import Storage
 from etcd_backup.storage.stream import Pipe
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 PROGRESS_EVERY = 64 << 20
 
@@ -84,13 +88,16 @@ class _Job:
         key = format_key(self.cluster_id, st.version, self.when, self.compression, bool(self.recipients), self.prefix)
         with etcd.SnapshotStream(self.access, self.endpoint, st.db_size) as stream:
             rev_after, keys = etcd.key_count(self.access, self.endpoint)  # the snapshot's read tx is open now
+            certifying = _certify(self.access, self.endpoint, rev_before, rev_after)  # beside the stream
             stored, check = self._store(key, stream, member)
+        certificate = _certificate(certifying, self.endpoint)
         record = BackupRecord(
             cluster=self.cluster_id,
             key=key,
             **_digests(stored, check),
             revision=rev_after,
             revision_exact=rev_before == rev_after,
+            certificate=certificate,
             key_count=keys,
             etcd_version=st.version,
             source_member=member,
@@ -173,6 +180,24 @@ class _Job:
             encryptor.close()
         if self.on_progress:
             self.on_progress(check.size, stream.total)
+
+
+def _certify(access: etcd.EtcdAccess, endpoint: str, low: int, high: int) -> Future:
+    """Compute the restorability certificate (HashKV, key count) of revisions low..high in a thread of its own."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="certify")
+    try:
+        return pool.submit(source_certificate, access, endpoint, low, high)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _certificate(certifying: Future, endpoint: str) -> Certificate | None:
+    """The certificate, or None (with a warning) when the member could not give it: the backup stays good."""
+    try:
+        return certifying.result()
+    except EtcdUnavailable as exc:
+        log.warning("%s: no restorability certificate for this backup: %s", endpoint, exc)
+        return None
 
 
 def _member_name(access: etcd.EtcdAccess, member_id: int) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from etcd_backup.catalog import LONGEST_BACKUP, Backup
+from etcd_backup.catalog import LONGEST_BACKUP, Backup, verified_key
 from etcd_backup.errors import ConfigError
 from etcd_backup.storage.base import Storage
 
@@ -133,7 +133,7 @@ def _future_warning(future: list[Backup], counted: int, policy: Policy, now: dat
 
 
 def plan(backups: Sequence[Backup], policy: Policy, now: datetime, cluster_id: str | None = None) -> RetentionPlan:
-    """Decide which backups of one cluster to keep and which to remove, newest always kept."""
+    """Decide which backups of one cluster to keep and which to remove; the newest and the newest verified are kept."""
     clusters = {b.cluster_id for b in backups}
     if cluster_id is None and len(clusters) > 1:
         raise ConfigError(
@@ -178,6 +178,9 @@ def _choose(newest_first: list[Backup], policy: Policy) -> dict[str, str]:
             if bucket not in seen:
                 seen.add(bucket)
                 reasons.setdefault(backup.key, []).append(f"{tier} {bucket}")
+    verified = next((b for b in newest_first if b.verification and b.verification.ok), None)
+    if verified is not None:
+        reasons.setdefault(verified.key, []).append("newest verified (restored and checked)")
     return {key: ", ".join(parts) for key, parts in reasons.items()}
 
 
@@ -194,6 +197,6 @@ def prune(storage: Storage, retention: RetentionPlan, dry_run: bool = True) -> l
         if not dry_run:
             if backup.complete:
                 storage.delete([backup.manifest_key])
-            storage.delete([backup.key])
+            storage.delete([backup.key, verified_key(backup.key)])
         removed.append(backup.key)
     return removed

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from blocks import EtcdCluster, load_storage
+from blocks import AgeIdentity, EtcdCluster, load_storage
 from etcd_backup.catalog import BackupRecord
 from etcd_backup.compression import Compression
+from etcd_backup.errors import ConfigError
 from etcd_backup.retention import Retention
 from flows.notify import notify_on_failure
 from flows.report import backup_report, backups_table, retention_report
+from flows.verify import verify_steps
 from tasks import backup as steps
 from tasks.cluster import endpoint_health
 
@@ -22,6 +24,8 @@ def backup_etcd(
     compression: Compression = "zstd",
     encrypt_to: list[str] = [],  # noqa: B006 - Prefect shows the default in the run form
     notify: str | None = None,
+    verify: bool = False,
+    identity: str | None = None,
 ) -> BackupRecord:
     """Back up one etcd cluster to a storage block, then apply the retention policy.
 
@@ -32,13 +36,20 @@ def backup_etcd(
         compression: zstd, gzip, tar.gz (the old plugin's format) or none
         encrypt_to: age public keys (age1...) or SSH public keys to encrypt the backup to
         notify: notification block as '<block-type-slug>/<name>' to alert on failure
+        verify: restore the new backup into a scratch etcd and check it before pruning anything
+        identity: AgeIdentity block name that decrypts the backup, needed to verify an encrypted one
     """
+    if verify and encrypt_to and not identity:
+        raise ConfigError("verify=True with encrypt_to needs identity (an AgeIdentity block)", step="parameters")
     target = EtcdCluster.load(cluster)
     access = target.access()
+    age = AgeIdentity.load(identity) if verify and identity else None
     with load_storage(storage).build() as store:
         endpoint_health(access)
         sources = steps.choose_sources(access)
         record = steps.snapshot_to_storage(target, store, compression, list(encrypt_to), sources)
+        if verify:
+            verify_steps(store, target.cluster_id, record.key, age, None)
         plan = steps.plan_retention(store, target.cluster_id, keep)
         removed = steps.prune(store, plan, dry_run=False)
     backup_report(record, plan, removed)

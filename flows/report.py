@@ -37,6 +37,14 @@ def backup_report(record: BackupRecord, plan: RetentionPlan, removed: list[str])
     retention_report(record.cluster, plan, removed, dry_run=False)
 
 
+def _verified(backup: Backup) -> str:
+    """'ok <time>' or 'FAILED <time>' from the backup's last verification, '' when never verified."""
+    v = backup.verification
+    if v is None:
+        return ""
+    return f"{'ok' if v.ok else 'FAILED'} {v.verified_at:%Y-%m-%d %H:%M}"
+
+
 def retention_report(cluster_id: str, plan: RetentionPlan, removed: list[str], dry_run: bool) -> None:
     """Markdown list of every backup with the reason it is kept or removed."""
     verb = "would remove" if dry_run else "removed"
@@ -65,6 +73,7 @@ def backups_table(cluster_id: str, backups: list[Backup]) -> list[dict]:
                 "revision": m.revision if m else "",
                 "keys": m.key_count if m else "",
                 "etcd": m.etcd_version if m else "",
+                "verified": _verified(b),
             }
         )
     create_table_artifact(

@@ -49,7 +49,7 @@ def choose_backup(store: Storage, cluster_id: str, backup: str) -> catalog.Backu
 
 @task(name="fetch-backup", cache_policy=NO_CACHE, timeout_seconds=6 * 3600, **RETRY)
 def fetch_backup(
-    store: Storage, backup: catalog.Backup, identity: AgeIdentity | None, dest: str
+    store: Storage, backup: str | catalog.Backup, identity: AgeIdentity | None, dest: str
 ) -> pipeline.VerifyResult:
     """Stream the backup to the flow's work dir, verifying its sha256 and the snapshot's own trailer."""
     ids = [identity.identity.get_secret_value()] if identity else []

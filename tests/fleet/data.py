@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 MAX_OPS = 128  # etcd's default --max-txn-ops
 MAX_BATCH_BYTES = 1 << 20  # stays below etcd's 1.5 MiB request limit
+NAMESPACES = ("default", "kube-system")
 
 
 def k8s_value(index: int, size: int) -> bytes:
@@ -25,12 +26,18 @@ def _batches(n_keys: int, value_size: int):
 
 
 def fill(client, n_keys: int, value_size: int, prefix: str = "/registry/configmaps/default/", threads: int = 4) -> int:
-    """Write `n_keys` keys `<prefix>cm-<i>` with `value_size`-byte values; return the bytes written."""
+    """Write `n_keys` keys `<prefix>cm-<i>` with `value_size`-byte values; return the bytes written.
+
+    Under /registry/ the namespaces default and kube-system are written too, as every Kubernetes cluster has them.
+    """
 
     def put(batch: range) -> int:
         ops = [client.transactions.put(f"{prefix}cm-{i:08d}", k8s_value(i, value_size)) for i in batch]
         client.transaction(compare=[], success=ops, failure=[])
         return len(batch) * value_size
 
+    if prefix.startswith("/registry/"):
+        namespaces = [client.transactions.put(f"/registry/namespaces/{ns}", k8s_value(0, 256)) for ns in NAMESPACES]
+        client.transaction(compare=[], success=namespaces, failure=[])
     with ThreadPoolExecutor(threads) as pool:
         return sum(pool.map(put, _batches(n_keys, value_size)))
