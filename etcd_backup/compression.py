@@ -98,14 +98,31 @@ def decompressor(compression: str, source: Readable) -> Readable:
         return gzip.GzipFile(fileobj=stream, mode="rb")
     if compression == "tar.gz":
         archive = tarfile.open(fileobj=stream, mode="r|gz")
-        for info in archive:
-            member = archive.extractfile(info) if info.isfile() else None
-            if member is not None:
-                return member
-        raise BackupCorrupt("tar archive holds no file", step="decompress")
+        info = archive.next()
+        if info is None:
+            raise BackupCorrupt("tar archive holds no file", step="decompress")
+        why = _unsafe(info)
+        if why:
+            raise BackupCorrupt(
+                f"tar member {info.name!r} {why}: an etcd backup holds one plain file", step="decompress"
+            )
+        member = archive.extractfile(info)
+        assert member is not None  # a regular file always has a reader
+        return member
     if compression == "none":
         return source
     raise unknown(compression)
+
+
+def _unsafe(info: tarfile.TarInfo) -> str | None:
+    """Why a tar member cannot be an etcd snapshot (a link, a device, a path leaving the archive), or None."""
+    if info.issym() or info.islnk():
+        return "is a link"
+    if not info.isfile():
+        return "is not a regular file"
+    if info.name.startswith("/") or ".." in info.name.split("/"):
+        return "has a path that leaves the archive"
+    return None
 
 
 def cpu_count() -> int:
