@@ -23,7 +23,7 @@ from tests.scale_flows import BACKUP_SLOTS, LEASE_SECONDS, cluster_lock, spike_b
 from tests.servers.prefect_cluster import ZOMBIE_AFTER_SECONDS
 from tests.servers.scale_fixtures import postgres_server, prefect_cluster  # noqa: F401
 
-pytestmark = [pytest.mark.scale, pytest.mark.slow]
+pytestmark = [pytest.mark.scale, pytest.mark.slow, pytest.mark.xdist_group("scale")]  # one cluster, tests in order
 
 UPLOAD_LIMIT = 4
 CLUSTERS = 20

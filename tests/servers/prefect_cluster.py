@@ -267,16 +267,22 @@ class PrefectCluster:
             time.sleep(every)
 
     def stop(self) -> None:
-        """Stop the workers, then the server (SIGTERM to each process group, SIGKILL after 20 s)."""
+        """Stop the workers, then the server (SIGTERM, SIGKILL after 20 s), then any flow-run process left over."""
+        leftovers: list[psutil.Process] = []
         for proc in [*self.workers.values(), self.server]:
             if proc is None or proc.poll() is not None:
                 continue
+            with contextlib.suppress(psutil.Error):
+                leftovers += psutil.Process(proc.pid).children(recursive=True)
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for child in leftovers:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
 
     def __enter__(self) -> PrefectCluster:
         return self.start()
