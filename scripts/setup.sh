@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-test}"
 
-apt_packages=(openssh-server openssh-client etcd-server etcd-client zstd age)
+apt_packages=(openssh-server openssh-client etcd-server etcd-client zstd age postgresql)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

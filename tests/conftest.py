@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fleet.fixtures",
     "tests.servers.fixtures",
     "tests.prefect_fixtures",
+    "tests.servers.scale_fixtures",
 ]
 
 
