@@ -18,6 +18,7 @@ from etcd_backup import catalog, pipeline
 from etcd_backup.errors import EtcdUnavailable, StorageError
 from flows.backup import backup_etcd, list_backups, prune_backups
 from tests.fleet.data import fill
+from tests.prefect_fixtures import register_secret
 
 pytestmark = [pytest.mark.backup, pytest.mark.slow]
 CLUSTER_ID = "uk8s-flowtest"
@@ -197,9 +198,11 @@ def test_failed_upload_leaves_no_backup_and_prunes_nothing(cluster_block, reques
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
     bodies: list[bytes] = []
+    paths: list[str] = []
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.paths.append(self.path)
         self.send_response(200)
         self.end_headers()
 
@@ -213,10 +216,13 @@ def test_failure_notifies_without_secrets(prefect_api, etcd_cluster, local_ref):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = secrets.token_hex(16)  # a webhook's token goes in the block's secrets, never in its plain URL field
+    register_secret("a webhook token", token)
     notify = _save(
         CustomWebhookNotificationBlock(
             name="test",
-            url=f"http://127.0.0.1:{server.server_address[1]}/hook",
+            url=f"http://127.0.0.1:{server.server_address[1]}/hook/{{{{token}}}}",
+            secrets={"token": token},
             allow_private_urls=True,
             json_data={"text": "{{body}}"},
         )
@@ -237,3 +243,4 @@ def test_failure_notifies_without_secrets(prefect_api, etcd_cluster, local_ref):
     text = json.loads(_Receiver.bodies[0])["text"]
     assert "etcd-backup" in text and cluster in text
     assert "PRIVATE KEY" not in text and key_pem.splitlines()[1] not in text
+    assert token not in text and _Receiver.paths == [f"/hook/{token}"]

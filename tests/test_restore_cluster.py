@@ -25,6 +25,7 @@ from etcd_backup.etcd import EtcdAccess
 from etcd_backup.storage.local import LocalStorage as LocalStore
 from flows.restore_cluster import restore_cluster
 from tests.fleet.data import fill
+from tests.prefect_fixtures import register_secret
 from tests.restore_helpers import (
     artifacts,
     assert_control_plane,
@@ -63,6 +64,7 @@ class Setup:
             recipients = [str(key.to_public())]
             self.identity = f"age-{secrets.token_hex(4)}"
             AgeIdentity(identity=str(key)).save(self.identity)
+            register_secret("an age identity", str(key))
         store = LocalStore(self.dir)
         self.record = pipeline.backup(
             access,

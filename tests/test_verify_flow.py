@@ -23,6 +23,7 @@ from flows.backup import backup_etcd, list_backups
 from flows.verify import verify_backup
 from tests.bbolt import corrupt, mvcc_leaves, page_size
 from tests.fleet.data import fill
+from tests.prefect_fixtures import register_secret
 
 pytestmark = [pytest.mark.verify, pytest.mark.slow]
 CLUSTER_ID = "uk8s-verifytest"
@@ -142,6 +143,7 @@ def test_an_encrypted_backup_verifies_with_the_identity_block(source):
     key = x25519.Identity.generate()
     identity = _name("age")
     AgeIdentity(identity=str(key)).save(identity)
+    register_secret("an age identity", str(key))
     with pytest.raises(ConfigError, match="needs identity"):
         backup_etcd(cluster=cluster, storage=storage, encrypt_to=[str(key.to_public())], verify=True)
     record = backup_etcd(

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from ..prefect_fixtures import register_secret
 from . import fleet_net
 from .etcd_cluster import EtcdCluster
 from .nodes import Fleet
@@ -16,7 +17,9 @@ from .pki import make_pki
 @pytest.fixture(scope="session")
 def fleet_pki(tmp_path_factory):
     """The session's CA and etcd certificate (ca.pem, etcd.pem, etcd-key.pem) for every fleet IP."""
-    return make_pki(tmp_path_factory.mktemp("pki"), fleet_net())
+    pki = make_pki(tmp_path_factory.mktemp("pki"), fleet_net())
+    register_secret("the etcd client key (etcd-key.pem)", pki.key.read_text())
+    return pki
 
 
 @pytest.fixture
@@ -30,6 +33,7 @@ def start(thing, stack: contextlib.ExitStack):
     stack.callback(shutil.rmtree, thing.workdir, ignore_errors=True)
     stack.callback(thing.stop)
     started = time.monotonic()
+    register_secret("the master nodes' SSH private key", getattr(thing, "ssh_private_key", None))
     thing.start()
     thing.start_seconds = time.monotonic() - started
     return thing

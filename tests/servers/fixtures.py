@@ -12,6 +12,7 @@ from etcd_backup.storage.base import Storage
 from etcd_backup.storage.local import LocalStorage
 from etcd_backup.storage.s3 import S3Storage, ufile_storage
 from etcd_backup.storage.sftp import SFTPStorage
+from tests.prefect_fixtures import register_secret
 from tests.servers.seaweedfs import SeaweedFS
 from tests.servers.sshd_server import BackupSSHD
 from tests.servers.tcp_proxy import TCPProxy
@@ -25,6 +26,7 @@ UFILE_PUT_LIMIT = 16 * MiB  # far below UFile's 1 GB so that tests prove multipa
 def seaweedfs(tmp_path_factory):
     """A running SeaweedFS S3 server (endpoint, access_key, secret_key, make_bucket())."""
     server = SeaweedFS(str(tmp_path_factory.mktemp("seaweedfs"))).start()
+    register_secret("the S3 secret key", server.secret_key)
     yield server
     server.stop()
 
@@ -53,6 +55,8 @@ def ufile_proxy(_ufile_proxy_server) -> UFileProxy:
 def backup_sshd():
     """A running backup SSH server (host, port, user, password, private_key, known_hosts(), directory)."""
     server = BackupSSHD().start()
+    register_secret("the backup server's SSH private key", server.private_key)
+    register_secret("the backup server's SSH password", server.password)
     yield server
     server.cleanup()
 
