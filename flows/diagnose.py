@@ -8,9 +8,10 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from blocks import EtcdCluster
+from blocks import load_cluster
 from etcd_backup.diagnose import Diagnosis, diagnose
 from etcd_backup.facts import NodeFacts
+from flows.failures import readable_failures
 from flows.report import human_size
 from tasks.artifacts import artifact_key
 from tasks.cluster import endpoint_health, member_list, node_facts
@@ -19,13 +20,14 @@ ETCD_TIMEOUT = 5.0
 
 
 @flow(name="etcd-diagnose")
+@readable_failures
 def diagnose_cluster(cluster: str) -> dict:
     """Check endpoint health, the member list and every node, then say which restore case applies and what to run.
 
     Args:
         cluster: name of the EtcdCluster block
     """
-    target = EtcdCluster.load(cluster)
+    target = load_cluster(cluster)
     spec, access = target.spec(), target.access(timeout=ETCD_TIMEOUT, with_nodes=True)
     health = endpoint_health.submit(access)
     members = member_list.submit(access)
