@@ -30,8 +30,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             print(f"{args.config}: {len(schedules)} backup(s), every block found; nothing deployed (check only)")
             return 0
+        from prefect.settings import PREFECT_API_URL
+
         from deployments.serve import serve
 
+        print(
+            f"from another shell: export PREFECT_API_URL={PREFECT_API_URL.value()} "
+            "(and PREFECT_API_AUTH_STRING if the server has one), then e.g. "
+            f"prefect deployment run etcd-backup/{schedules[0].deployment}",
+            flush=True,
+        )
         serve(schedules, replace=args.replace, config=str(args.config))
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

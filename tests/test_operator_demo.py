@@ -43,8 +43,23 @@ def demo(tmp_path_factory):
     require_root()
     tmp_path = tmp_path_factory.mktemp("demo")
     directory, port, out = tmp_path / "demo", free_port(), tmp_path / "demo.out"
+    proc = _start(directory, port, out)
+    try:
+        yield directory, port, proc, out
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a demo as Ctrl-C would (its own handler stops what it started)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(120)
+
+
+def _start(directory, port, out, *extra) -> subprocess.Popen:
     proc = subprocess.Popen(
-        _demo("--dir", str(directory), "--port", str(port), "--keys", "300"),
+        _demo("--dir", str(directory), "--port", str(port), "--keys", "300", *extra),
         env=_env(),
         stdout=open(out, "wb"),
         stderr=subprocess.STDOUT,
@@ -54,11 +69,7 @@ def demo(tmp_path_factory):
     while "export PREFECT_API_AUTH_STRING=" not in out.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, out.read_text()[-4000:]
         time.sleep(1)
-    try:
-        yield directory, port, proc, out
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(120)
+    return proc
 
 
 def _exports(out) -> dict[str, str]:
@@ -161,3 +172,22 @@ def test_every_flow_works_from_the_demo(demo):
     replaced = _run("etcd-restore-member/demo", exports, failed_node="etcd3", confirm=True)
     assert replaced.state.is_completed(), replaced.state.message
     assert _run("etcd-diagnose/demo", exports).state.is_completed()
+
+
+def test_a_restarted_demo_keeps_its_data_and_fresh_starts_over(demo, tmp_path):
+    directory, port, proc, out = demo
+    backups = {p.name for p in (directory / "backups").iterdir()}
+    _stop(proc)
+    again = _start(directory, port, tmp_path / "again.out")
+    try:
+        exports = _exports(tmp_path / "again.out")
+        assert backups <= {p.name for p in (directory / "backups").iterdir()}
+        listed = _run("etcd-list-backups/demo", exports)  # blocks still decrypt with the kept key
+        assert listed.state.is_completed(), listed.state.message
+    finally:
+        _stop(again)
+    fresh = _start(directory, port, tmp_path / "fresh.out", "--fresh")
+    try:
+        assert not backups & {p.name for p in (directory / "backups").iterdir()}  # earlier backups deleted
+    finally:
+        _stop(fresh)

@@ -181,3 +181,13 @@ def test_retention_tiers_reach_the_flows(prefect_api, etcd_cluster, tmp_path):
     would = prune_backups(cluster=name, storage=storage, keep={"last": 1, "daily": 1}, dry_run=True)
     assert len(would) == 1 and would[0] + ".manifest.json" == manifests[0]
     assert prune_backups(cluster=name, storage=storage, keep="keep 2, daily 1") == []
+
+
+def test_diagnose_names_the_deployment_an_entry_serves(prefect_api):
+    from flows.diagnose import deployment_name
+    from flows.restore_cluster import restore_cluster
+
+    tags = ["etcd-backup", "cluster:named"]
+    restore_cluster.to_deployment(name="named-s3", parameters={"cluster": "named", "storage": "a/b"}, tags=tags).apply()
+    assert deployment_name("etcd-restore-cluster", "named") == "named-s3"
+    assert deployment_name("etcd-restore-cluster", "other") == "other"

@@ -102,7 +102,7 @@ class LocalStorage(Closing):
 
     def _walk_error(self, exc: OSError) -> None:
         if exc.errno != errno.ENOENT:
-            raise self._error(exc, "list", "")
+            raise self._error(exc, "list", "") from None
 
     def _error(self, exc: OSError, op: str, key: str) -> StorageError:
         """Map an OSError: missing -> NotFound, no space/IO -> transient, else permanent; name storage, path, cause."""
