@@ -199,13 +199,16 @@ def _run(storage: str, server, instance: DemoInstance, nodes: bool) -> int:
         print(f"\ndemo: backup stored: {record.key} ({record.size} bytes, revision {record.revision})")
     except EtcdBackupError as exc:
         print(f"demo: the first backup failed: {exc}", file=sys.stderr)
+    deployments = all_deployments([schedule], owner("the demo"))
+    for deployment in deployments:  # registered before the banner says they can be run
+        deployment.apply()
     (instance.dir / "env.sh").write_text(
         f"export PREFECT_API_URL={server.api_url}\nexport PREFECT_API_AUTH_STRING='{server.auth_string}'\n"
     )
     print(_banner(storage, server, instance, nodes), flush=True)
     from prefect import serve
 
-    serve(*all_deployments([schedule], owner("the demo")), pause_on_shutdown=False)
+    serve(*deployments, pause_on_shutdown=False)
     print("demo: stopped")
     return 0
 

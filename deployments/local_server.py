@@ -19,6 +19,7 @@ DATABASE_FILES = ("prefect.db", "prefect.db-wal", "prefect.db-shm", "prefect.db-
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """True when something already listens on host:port."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is not busy
         try:
             sock.bind((host, port))
         except OSError:
