@@ -1,6 +1,6 @@
 """Prefect blocks of this project; `prefect block register -m blocks` registers every type below."""
 
-from blocks.cluster import EtcdCluster
+from blocks.cluster import EtcdCluster, load_cluster
 from blocks.identity import AgeIdentity
 from blocks.storage import LocalStorage, S3Storage, SSHServerStorage, UFileStorage, load_storage
 
@@ -11,5 +11,6 @@ __all__ = [
     "S3Storage",
     "SSHServerStorage",
     "UFileStorage",
+    "load_cluster",
     "load_storage",
 ]

@@ -70,3 +70,10 @@ class EtcdCluster(Block):
         """A block holding everything in spec."""
         login = {mine: getattr(spec.ssh, field) for mine, field in LOGIN.items()} if spec.ssh else {}
         return cls(**login, **{name: getattr(spec, name) for name in SHARED_FIELDS})
+
+
+def load_cluster(name: str) -> EtcdCluster:
+    """Load the EtcdCluster block `name`; ConfigError when it does not exist or the API does not answer."""
+    from blocks.loading import load_block
+
+    return load_block(name, EtcdCluster, "cluster block")  # type: ignore[return-value]

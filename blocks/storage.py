@@ -7,11 +7,12 @@ backup flow needs (`check()`: upload, list, download, delete of a tiny probe obj
 from __future__ import annotations
 
 import io
+import os
 import secrets
 from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from etcd_backup.errors import StorageError
 from etcd_backup.storage.base import Storage
@@ -134,7 +135,14 @@ class LocalStorage(StorageBlock):
     _description = "Backups in a directory on the worker's own file system (a mounted NAS, or development)."
     _logo_url = LOGO
 
-    directory: str = Field(description="absolute path of the backup directory")
+    directory: str = Field(description="absolute path of the backup directory on the worker")
+
+    @field_validator("directory")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not os.path.isabs(v):
+            raise ValueError(f"{v!r} is a relative path; give the absolute path of the backup directory")
+        return v
 
     def build(self) -> Storage:
         """A core LocalStorage on the directory."""
@@ -147,13 +155,12 @@ STORAGE_BLOCKS = (UFileStorage, S3Storage, SSHServerStorage, LocalStorage)
 
 
 def load_storage(ref: str) -> StorageBlock:
-    """Load a storage block by '<block-type-slug>/<name>', e.g. 'ufile-storage/prod'."""
-    if "/" not in ref:
-        raise StorageError(f"storage block {ref!r} must be '<type>/<name>', e.g. 'ufile-storage/prod'", step="load")
-    block = Block.load(ref)
-    if not isinstance(block, StorageBlock):
-        raise StorageError(f"block {ref!r} is not a storage block", step="load")
-    return block
+    """Load a storage block by '<block-type-slug>/<name>', e.g. 'ufile-storage/prod'; ConfigError names the problem."""
+    from blocks.loading import load_block, require
+
+    block = load_block(ref, what="storage block")
+    kinds = ", ".join(b.get_block_type_slug() for b in STORAGE_BLOCKS)
+    return require(block, ref, StorageBlock, "storage block", f"a storage block ({kinds})")  # type: ignore[return-value]
 
 
 def probe_rights(storage: Storage) -> str:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from etcd_backup.catalog import LONGEST_BACKUP, Backup, verified_key
 from etcd_backup.errors import ConfigError
@@ -46,8 +55,10 @@ class Policy:
             raise ConfigError("keep must be greater than or equal to 1: retention always keeps the newest backup")
 
     @classmethod
-    def parse(cls, text: str | int) -> Policy:
-        """Read a policy like "7", "keep 7" or "keep 7, daily 7, weekly 4, monthly 6"."""
+    def parse(cls, text: str | int | Tiers) -> Policy:
+        """Read a policy like 7, "keep 7", "keep 7, daily 7, weekly 4, monthly 6" or Tiers(last=7, daily=7)."""
+        if isinstance(text, Tiers):
+            return cls(keep_last=text.last, **text.model_dump(exclude={"last"}))
         if isinstance(text, int):
             return cls(keep_last=text)
         text = text.strip()
@@ -75,7 +86,19 @@ class Policy:
         return ", ".join([f"keep {self.keep_last}", *tiers])
 
 
-def _checked(value: int | str) -> int | str:
+class Tiers(BaseModel):
+    """Retention as form fields: the newest `last` backups plus the newest one per hour, day, week and month."""
+
+    model_config = ConfigDict(extra="forbid", title="Retention tiers")
+
+    last: int = Field(7, ge=1, description="keep the newest N complete backups (the newest is always kept)")
+    hourly: int = Field(0, ge=0, description="also keep the newest backup of each of the last N hours")
+    daily: int = Field(0, ge=0, description="also keep the newest backup of each of the last N days")
+    weekly: int = Field(0, ge=0, description="also keep the newest backup of each of the last N ISO weeks")
+    monthly: int = Field(0, ge=0, description="also keep the newest backup of each of the last N months")
+
+
+def _checked(value: int | str | Tiers) -> int | str | Tiers:
     """Validate a retention parameter with Policy.parse (pydantic wants ValueError)."""
     try:
         Policy.parse(value)
@@ -84,8 +107,31 @@ def _checked(value: int | str) -> int | str:
     return value
 
 
-Retention = Annotated[int | str, AfterValidator(_checked)]
-"""A retention parameter: a count (keep the newest N) or a policy string Policy.parse reads."""
+def _one_message(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate a retention parameter with one readable message instead of one per union member."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        if not isinstance(value, dict):
+            reasons = [e["msg"].removeprefix("Value error, ") for e in exc.errors() if not e["loc"]]
+            raise ValueError(
+                "; ".join(reasons) or f"retention {value!r} is not a count, a policy string or a table of tiers"
+            ) from None
+        raise ValueError("; ".join(_tier_problem(e) for e in exc.errors() if e["loc"][:1] == ("Tiers",))) from None
+
+
+def _tier_problem(error: Any) -> str:
+    """One line for an error in a table of tiers, with the closest tier for an unknown one."""
+    name = ".".join(map(str, error["loc"][1:]))
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(Tiers.model_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (tiers: {', '.join(Tiers.model_fields)})"
+        return f"unknown retention tier {name!r}{hint}"
+    return f"retention {name}: {error['msg']}"
+
+
+Retention = Annotated[int | str | Tiers, AfterValidator(_checked), WrapValidator(_one_message)]
+"""A retention parameter: a count (keep the newest N), a policy string Policy.parse reads, or Tiers fields."""
 
 
 @dataclass

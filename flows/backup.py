@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from blocks import AgeIdentity, EtcdCluster, load_storage
+from blocks import AgeIdentity, load_cluster, load_storage
+from blocks.loading import load_block
 from etcd_backup.catalog import BackupRecord
 from etcd_backup.compression import Compression
 from etcd_backup.errors import ConfigError
 from etcd_backup.retention import Retention
+from flows.failures import readable_failures
 from flows.notify import notify_on_failure
 from flows.report import backup_report, backups_table, retention_report
 from flows.verify import verify_steps
@@ -17,6 +19,7 @@ from tasks.cluster import endpoint_health
 
 
 @flow(name="etcd-backup", on_failure=[notify_on_failure])
+@readable_failures
 def backup_etcd(
     cluster: str,
     storage: str,
@@ -32,7 +35,8 @@ def backup_etcd(
     Args:
         cluster: name of the EtcdCluster block
         storage: storage block as '<block-type-slug>/<name>', e.g. 'ufile-storage/prod'
-        keep: the newest N backups to keep, or a policy such as "keep 7, daily 7, weekly 4, monthly 6"
+        keep: the newest N backups to keep, a policy such as "keep 7, daily 7, weekly 4, monthly 6",
+            or the tiers as fields (last, hourly, daily, weekly, monthly)
         compression: zstd, gzip, tar.gz (the old plugin's format) or none
         encrypt_to: age public keys (age1...) or SSH public keys to encrypt the backup to
         notify: notification block as '<block-type-slug>/<name>' to alert on failure
@@ -41,9 +45,9 @@ def backup_etcd(
     """
     if verify and encrypt_to and not identity:
         raise ConfigError("verify=True with encrypt_to needs identity (an AgeIdentity block)", step="parameters")
-    target = EtcdCluster.load(cluster)
+    target = load_cluster(cluster)
     access = target.access()
-    age = AgeIdentity.load(identity) if verify and identity else None
+    age = load_block(identity, AgeIdentity, "identity block") if verify and identity else None
     with load_storage(storage).build() as store:
         endpoint_health(access)
         sources = steps.choose_sources(access)
@@ -58,6 +62,7 @@ def backup_etcd(
 
 
 @flow(name="etcd-list-backups")
+@readable_failures
 def list_backups(cluster: str, storage: str) -> list[dict]:
     """Show every backup of the cluster in storage as a table.
 
@@ -65,23 +70,25 @@ def list_backups(cluster: str, storage: str) -> list[dict]:
         cluster: name of the EtcdCluster block
         storage: storage block as '<block-type-slug>/<name>'
     """
-    cluster_id = EtcdCluster.load(cluster).cluster_id
+    cluster_id = load_cluster(cluster).cluster_id
     with load_storage(storage).build() as store:
         backups = steps.list_backups(store, cluster_id)
     return backups_table(cluster_id, backups)
 
 
 @flow(name="etcd-prune-backups")
+@readable_failures
 def prune_backups(cluster: str, storage: str, keep: Retention = 7, dry_run: bool = True) -> list[str]:
     """Apply retention to the cluster's backups; by default only say what would be deleted.
 
     Args:
         cluster: name of the EtcdCluster block
         storage: storage block as '<block-type-slug>/<name>'
-        keep: the newest N backups to keep, or a policy such as "keep 7, daily 7, weekly 4, monthly 6"
+        keep: the newest N backups to keep, a policy such as "keep 7, daily 7, weekly 4, monthly 6",
+            or the tiers as fields (last, hourly, daily, weekly, monthly)
         dry_run: only list what would be deleted (the default); set false to delete
     """
-    cluster_id = EtcdCluster.load(cluster).cluster_id
+    cluster_id = load_cluster(cluster).cluster_id
     with load_storage(storage).build() as store:
         plan = steps.plan_retention(store, cluster_id, keep)
         removed = steps.prune(store, plan, dry_run=dry_run)

@@ -8,9 +8,10 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from blocks import EtcdCluster
+from blocks import load_cluster
 from etcd_backup.diagnose import Diagnosis, diagnose
 from etcd_backup.facts import NodeFacts
+from flows.failures import readable_failures
 from flows.report import human_size
 from tasks.artifacts import artifact_key
 from tasks.cluster import endpoint_health, member_list, node_facts
@@ -19,19 +20,20 @@ ETCD_TIMEOUT = 5.0
 
 
 @flow(name="etcd-diagnose")
+@readable_failures
 def diagnose_cluster(cluster: str) -> dict:
     """Check endpoint health, the member list and every node, then say which restore case applies and what to run.
 
     Args:
         cluster: name of the EtcdCluster block
     """
-    target = EtcdCluster.load(cluster)
+    target = load_cluster(cluster)
     spec, access = target.spec(), target.access(timeout=ETCD_TIMEOUT, with_nodes=True)
     health = endpoint_health.submit(access)
     members = member_list.submit(access)
     found = node_facts.submit(spec).result()
     diagnosis = diagnose(spec, found, health.result(), members.result())
-    commands = [run_command(a.flow, cluster, a.parameters) for a in diagnosis.actions]
+    commands = [run_command(a.flow, deployment_name(a.flow, cluster), a.parameters) for a in diagnosis.actions]
     create_markdown_artifact(
         report(spec.cluster_id, diagnosis, found, commands),
         key=artifact_key("diagnosis", spec.cluster_id),
@@ -41,10 +43,27 @@ def diagnose_cluster(cluster: str) -> dict:
     return {"cluster": cluster, **diagnosis.to_dict(), "commands": commands, "facts": [asdict(f) for f in found]}
 
 
-def run_command(flow_name: str, cluster: str, parameters: dict[str, str]) -> str:
-    """The CLI line that starts the flow's deployment for this cluster."""
+def deployment_name(flow_name: str, cluster: str) -> str:
+    """The served deployment of the flow for this cluster: named after it, else the first tagged `cluster:<name>`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, FlowFilter
+
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_deployments(
+                flow_filter=FlowFilter(name={"any_": [flow_name]}),
+                deployment_filter=DeploymentFilter(tags={"all_": [f"cluster:{cluster}"]}),
+            )
+    except Exception:  # noqa: BLE001 - only the suggested command depends on it
+        return cluster
+    names = sorted(d.name for d in found)
+    return cluster if not names or cluster in names else names[0]
+
+
+def run_command(flow_name: str, deployment: str, parameters: dict[str, str]) -> str:
+    """The CLI line that starts the flow's deployment (`<flow>/<deployment>`) with these parameters."""
     params = " ".join(f"-p {shlex.quote(f'{k}={v}')}" for k, v in parameters.items())
-    return f"prefect deployment run {shlex.quote(f'{flow_name}/{cluster}')} {params}"
+    return f"prefect deployment run {shlex.quote(f'{flow_name}/{deployment}')} {params}"
 
 
 def report(cluster_id: str, diagnosis: Diagnosis, facts: list[NodeFacts], commands: list[str]) -> str:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Failed
+from pydantic import Field
 
 from etcd_backup.errors import RestoreRefused
 from etcd_backup.restore.executor import ExecutionReport
@@ -18,7 +21,11 @@ from flows.report import artifact_key
 class ConfirmRestore(RunInput):
     """Type the cluster's name to let the restore change the nodes."""
 
-    cluster_name: str = ""
+    cluster_name: str = Field(
+        title="Cluster name (required)",
+        description="Type the cluster's name exactly, as the description above shows it, to go on",
+        min_length=1,
+    )
 
 
 def confirm_or_refuse(cluster_id: str, what: str, timeout: int = 600, poll_interval: int = 5) -> None:
@@ -34,9 +41,13 @@ def confirm_or_refuse(cluster_id: str, what: str, timeout: int = 600, poll_inter
             poll_interval=poll_interval,
             key="confirm-restore",
         )
-    except Exception as exc:  # noqa: BLE001 - FlowPauseTimeout, or a resume whose input cannot be read
+    except FlowPauseTimeout:
+        message = f"nobody confirmed within {timeout} s, so nothing was changed; start the run again to restore"
+        _leave_expired_pause(message)
+        raise RestoreRefused(message, step="confirm") from None
+    except Exception as exc:  # noqa: BLE001 - a resume whose input cannot be read
         raise RestoreRefused(
-            f"no confirmation within {timeout} s ({exc.__class__.__name__}); nothing was changed", step="confirm"
+            f"the confirmation could not be read ({exc.__class__.__name__}); nothing was changed", step="confirm"
         ) from None
     if answer.cluster_name.strip() != cluster_id:
         raise RestoreRefused(
@@ -45,6 +56,18 @@ def confirm_or_refuse(cluster_id: str, what: str, timeout: int = 600, poll_inter
             step="confirm",
         )
     get_run_logger().info("confirmed by typing the cluster name %s", cluster_id)
+
+
+def _leave_expired_pause(message: str) -> None:
+    """End the expired pause with our message; the server would otherwise only say "never resumed"."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(context.flow_run.id, Failed(message=message), force=True)
 
 
 def plan_artifact(plan: RestorePlan, dry_run: bool) -> str:

@@ -8,9 +8,11 @@ import tempfile
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from blocks import AgeIdentity, EtcdCluster, load_storage
+from blocks import AgeIdentity, load_cluster, load_storage
+from blocks.loading import load_block
 from etcd_backup import catalog
 from etcd_backup.storage.base import Storage
+from flows.failures import readable_failures
 from flows.notify import notify_on_failure
 from tasks.artifacts import artifact_key
 from tasks.restore import choose_backup, fetch_backup
@@ -20,6 +22,7 @@ WORK_DIR = os.environ.get("ETCD_BACKUP_WORK_DIR")  # where the fetched snapshot 
 
 
 @flow(name="etcd-verify-backup", on_failure=[notify_on_failure])
+@readable_failures
 def verify_backup(
     cluster: str,
     storage: str,
@@ -38,8 +41,8 @@ def verify_backup(
         prefixes: key prefixes that must hold keys (default: /registry/namespaces/ when the data is Kubernetes')
         notify: notification block as '<block-type-slug>/<name>' to alert on failure
     """
-    target = EtcdCluster.load(cluster)
-    age = AgeIdentity.load(identity) if identity else None
+    target = load_cluster(cluster)
+    age = load_block(identity, AgeIdentity, "identity block") if identity else None
     with load_storage(storage).build() as store:
         chosen = choose_backup(store, target.cluster_id, backup)
         return verify_steps(store, target.cluster_id, chosen.key, age, prefixes)

@@ -60,7 +60,7 @@ def snapshot_to_storage(
 
 
 @task(name="plan-retention", task_run_name="plan-retention-{cluster_id}", cache_policy=NO_CACHE, **RETRY)
-def plan_retention(store: Storage, cluster_id: str, keep: int | str) -> retention.RetentionPlan:
+def plan_retention(store: Storage, cluster_id: str, keep: int | str | retention.Tiers) -> retention.RetentionPlan:
     """List this cluster's backups and decide which to keep (pure policy, no deletion)."""
     policy = retention.Policy.parse(keep)
     plan = retention.plan(catalog.list_backups(store, cluster_id), policy, datetime.now(UTC), cluster_id)

@@ -1,4 +1,8 @@
-"""Tasks every flow shares to look at a cluster: endpoint health, the member list, what each node holds."""
+"""Tasks every flow shares to look at a cluster: endpoint health, the member list, what each node holds.
+
+No `timeout_seconds` here: flows `.submit()` these to worker threads, where Prefect cannot
+interrupt a call (it only warns); every gRPC and SSH call inside has its own timeout.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from etcd_backup.cluster import ClusterSpec
 from etcd_backup.errors import EtcdBackupError
 
 
-@task(name="endpoint-health", cache_policy=NO_CACHE, timeout_seconds=120)
+@task(name="endpoint-health", cache_policy=NO_CACHE)
 def endpoint_health(access: etcd.EtcdAccess) -> dict[str, str]:
     """Per client endpoint 'ok' or why it is unhealthy (`etcdctl endpoint health`, failures asked again)."""
     try:
@@ -23,7 +27,7 @@ def endpoint_health(access: etcd.EtcdAccess) -> dict[str, str]:
     return health
 
 
-@task(name="member-list", cache_policy=NO_CACHE, timeout_seconds=120)
+@task(name="member-list", cache_policy=NO_CACHE)
 def member_list(access: etcd.EtcdAccess) -> list[etcd.MemberInfo] | None:
     """The etcd member list (`etcdctl member list`), or None when no endpoint answers."""
     logger = get_run_logger()
@@ -38,7 +42,7 @@ def member_list(access: etcd.EtcdAccess) -> list[etcd.MemberInfo] | None:
     return members
 
 
-@task(name="node-facts", cache_policy=NO_CACHE, timeout_seconds=300)
+@task(name="node-facts", cache_policy=NO_CACHE)
 def node_facts(spec: ClusterSpec) -> list[facts.NodeFacts]:
     """What every master node holds and runs, checked over SSH in one command per node."""
     found = facts.gather(spec)

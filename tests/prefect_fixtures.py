@@ -56,3 +56,14 @@ def prefect_api():
         yield
         leaks = find_leaks([database, Path(PREFECT_LOCAL_STORAGE_PATH.value())])
         assert not leaks, "secrets reached Prefect's database or result storage: " + "; ".join(leaks)
+
+
+@pytest.fixture(scope="module")
+def local_prefect_server(tmp_path_factory):
+    """A real `prefect server start` (scheduler on) on a free port, shared by a module; yields LocalPrefectServer."""
+    from deployments.local_server import LocalPrefectServer
+    from tests.servers.seaweedfs import free_port
+
+    server = LocalPrefectServer(tmp_path_factory.mktemp("prefect-home"), port=free_port(), scheduler_seconds=5)
+    yield server.start()
+    server.stop()

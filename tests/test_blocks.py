@@ -15,7 +15,7 @@ from prefect.settings import PREFECT_API_URL
 
 from blocks import EtcdCluster, LocalStorage, S3Storage, SSHServerStorage, UFileStorage, load_storage
 from etcd_backup.cluster import MasterNode, NodeLayout
-from etcd_backup.errors import StorageError
+from etcd_backup.errors import ConfigError, StorageError
 
 pytestmark = [pytest.mark.storage]
 
@@ -75,9 +75,9 @@ def test_load_storage_refuses_other_blocks(prefect_api):
         key_pem=KEY_PEM,
         nodes=[MasterNode(name="etcd1", ip="10.0.0.1")],
     ).save("not-storage", overwrite=True)
-    with pytest.raises(StorageError, match="not a storage block"):
+    with pytest.raises(ConfigError, match="is a etcd-cluster block, not a storage block"):
         load_storage("etcd-cluster/not-storage")
-    with pytest.raises(StorageError, match="<type>/<name>"):
+    with pytest.raises(ConfigError, match="<block-type-slug>/<name>"):
         load_storage("just-a-name")
 
 

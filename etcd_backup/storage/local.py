@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from etcd_backup.errors import NotFound, StorageError, TransientStorageError
+from etcd_backup.errors import ConfigError, NotFound, StorageError, TransientStorageError
 from etcd_backup.storage.base import Closing, ObjectInfo, Readable, ReadStream
 from etcd_backup.storage.names import check_key, is_temp, list_start, temp_name
 
@@ -22,6 +23,12 @@ class LocalStorage(Closing):
     kind = "local"
 
     def __init__(self, directory: str | os.PathLike):
+        if not os.path.isabs(directory):
+            raise ConfigError(
+                f"local storage directory {str(directory)!r} is a relative path; give an absolute path "
+                "(a relative one would depend on the directory each worker happens to start in)",
+                step="local storage",
+            )
         self.root = Path(directory)
 
     def describe(self) -> str:
@@ -41,7 +48,8 @@ class LocalStorage(Closing):
             os.replace(tmp, path)
             _fsync_dir(path.parent)
         except BaseException as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a failing cleanup must not hide why the put failed
+                tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError) and not isinstance(exc, StorageError):
                 raise self._error(exc, "put", key) from None
             raise
@@ -94,16 +102,19 @@ class LocalStorage(Closing):
 
     def _walk_error(self, exc: OSError) -> None:
         if exc.errno != errno.ENOENT:
-            raise self._error(exc, "list", exc.filename or "")
+            raise self._error(exc, "list", "") from None
 
     def _error(self, exc: OSError, op: str, key: str) -> StorageError:
-        """Map an OSError: missing -> NotFound, no space/IO -> transient, else permanent."""
-        step, where = f"local {op}", f"{self.describe()}"
+        """Map an OSError: missing -> NotFound, no space/IO -> transient, else permanent; name storage, path, cause."""
+        step, where = f"local {op}", f"local storage {self.describe()}"
         if exc.errno == errno.ENOENT and op in ("open", "stat"):
             return NotFound(f"{where}: {key} does not exist", step=step)
+        cause = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror)
+        if exc.errno == errno.ENOTDIR:
+            cause += " (a file stands where a directory of the storage should be)"
         if exc.errno in (errno.EIO, errno.EAGAIN):
-            return TransientStorageError(f"{where}: {op} of {key} failed: {exc.strerror}", step=step)
-        return StorageError(f"{where}: {op} of {key} failed: {exc.strerror} ({exc.filename})", step=step)
+            return TransientStorageError(f"{where}: {op} of {key} failed: {cause}", step=step)
+        return StorageError(f"{where}: {op} of {key or 'the directory'} failed: {cause}", step=step)
 
 
 def _fsync_dir(path: Path) -> None:
