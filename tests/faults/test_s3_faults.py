@@ -177,7 +177,9 @@ FOREIGN = 1100  # more than a listing page of 1000
 
 def _fill_foreign(seaweedfs, bucket) -> dict[str, str]:
     """Other tools' objects, some of them named much like ours; returns key -> ETag."""
-    names = [f"backups/velero/{i:05d}.json" for i in range(FOREIGN - 6)] + [
+    # most of them share the prefix a backup listing asks for, so the listing still needs two pages
+    crowd = [f"backups/{CLUSTER}-backup-etcd-notes-{i:05d}.json" for i in range(FOREIGN - 56)]
+    names = crowd + [f"backups/velero/{i:05d}.json" for i in range(50)] + [
         "backups/notes.txt",
         f"backups/{CLUSTER}-old-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst",  # another cluster, ours by prefix
         f"backups/{CLUSTER}-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst.bak",
@@ -206,7 +208,7 @@ def test_a_bucket_crowded_with_other_tools_objects_is_paged_and_left_alone(
     ufile_proxy.requests.clear()
     first = backup_etcd(cluster=cluster, storage=ref, keep=2)
     pages = [r for r in ufile_proxy.requests if r.startswith(f"GET /{bucket}?") and "prefix=backups" in r]
-    assert len(pages) == 2  # one listing, in pages of at most 1000 keys
+    assert len(pages) == 2  # one listing of this cluster's backup names, in pages of at most 1000 keys
     second = backup_etcd(cluster=cluster, storage=ref, keep=2)  # prunes the earlier backup, nothing else
     everything = _etags(seaweedfs, bucket, None)
     assert {k: everything.get(k) for k in foreign} == foreign
