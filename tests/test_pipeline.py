@@ -130,7 +130,7 @@ def test_backup_is_readable_by_the_plain_tools(single, tmp_path, compression, en
     assert hashlib.sha256(raw.read_bytes()).hexdigest() == record.raw_sha256
     status = inspect_db(raw, ETCDUTL)
     assert status.revision == record.revision and record.revision_exact
-    assert record.key_count == key_count(single) == 51
+    assert record.key_count == key_count(single) == 53  # 50 configmaps, 2 namespaces, one binary key
     result = verify(storage, record.key, identities=[identity_file.read_text()] if encrypted else ())
     assert (result.sha256, result.raw_sha256) == (record.sha256, record.raw_sha256)
 
@@ -180,7 +180,11 @@ def test_backup_of_a_three_member_cluster_records_a_true_manifest(etcd_cluster, 
     assert (parsed.cluster_id, parsed.etcd_version, parsed.compression) == (CLUSTER, etcd_version, "tar.gz")
     manifest = read_manifest(storage, record.key)
     assert manifest.sha256 == hashlib.sha256((tmp_path / "store" / record.key).read_bytes()).hexdigest()
-    assert (manifest.raw_size, manifest.revision, manifest.key_count) == (record.raw_size, record.revision, 201)
+    assert (manifest.raw_size, manifest.revision, manifest.key_count) == (
+        record.raw_size,
+        record.revision,
+        203,
+    )  # 200 configmaps, 2 namespaces, 1 binary
     assert manifest.source_member == "etcd1" or manifest.source_member.startswith("etcd")
     leader = [s for s in map(lambda e: etcd.status(access_of(etcd_cluster), e), etcd_cluster.endpoints) if s.is_leader][
         0

@@ -179,14 +179,18 @@ def _fill_foreign(seaweedfs, bucket) -> dict[str, str]:
     """Other tools' objects, some of them named much like ours; returns key -> ETag."""
     # most of them share the prefix a backup listing asks for, so the listing still needs two pages
     crowd = [f"backups/{CLUSTER}-backup-etcd-notes-{i:05d}.json" for i in range(FOREIGN - 56)]
-    names = crowd + [f"backups/velero/{i:05d}.json" for i in range(50)] + [
-        "backups/notes.txt",
-        f"backups/{CLUSTER}-old-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst",  # another cluster, ours by prefix
-        f"backups/{CLUSTER}-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst.bak",
-        f"backups/{CLUSTER}-backup-etcd-3.3.17-2019-05-01T03-00-00.db.tar.gz",  # the old plugin's: legacy
-        f"backups/other/{CLUSTER}-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst",  # another prefix
-        f"elsewhere/{CLUSTER}-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst",
-    ]
+    names = (
+        crowd
+        + [f"backups/velero/{i:05d}.json" for i in range(50)]
+        + [
+            "backups/notes.txt",
+            f"backups/{CLUSTER}-old-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst",  # another cluster, ours by prefix
+            f"backups/{CLUSTER}-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst.bak",
+            f"backups/{CLUSTER}-backup-etcd-3.3.17-2019-05-01T03-00-00.db.tar.gz",  # the old plugin's: legacy
+            f"backups/other/{CLUSTER}-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst",  # another prefix
+            f"elsewhere/{CLUSTER}-backup-etcd-3.5.1-2020-01-01T00-00-00.db.zst",
+        ]
+    )
     admin = seaweedfs.client()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda key: admin.put_object(Bucket=bucket, Key=key, Body=b"theirs"), names))
