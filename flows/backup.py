@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from blocks import EtcdCluster, load_storage
+from etcd_backup import flow_names
 from etcd_backup.catalog import BackupRecord
 from etcd_backup.compression import Compression
 from etcd_backup.retention import Retention
@@ -14,7 +15,7 @@ from tasks import backup as steps
 from tasks.cluster import endpoint_health
 
 
-@flow(name="etcd-backup", on_failure=[notify_on_failure])
+@flow(name=flow_names.BACKUP, on_failure=[notify_on_failure])
 def backup_etcd(
     cluster: str,
     storage: str,
@@ -46,7 +47,7 @@ def backup_etcd(
     return record
 
 
-@flow(name="etcd-list-backups")
+@flow(name=flow_names.LIST_BACKUPS)
 def list_backups(cluster: str, storage: str) -> list[dict]:
     """Show every backup of the cluster in storage as a table.
 
@@ -60,7 +61,7 @@ def list_backups(cluster: str, storage: str) -> list[dict]:
     return backups_table(cluster_id, backups)
 
 
-@flow(name="etcd-prune-backups")
+@flow(name=flow_names.PRUNE_BACKUPS)
 def prune_backups(cluster: str, storage: str, keep: Retention = 7, dry_run: bool = True) -> list[str]:
     """Apply retention to the cluster's backups; by default only say what would be deleted.
 

@@ -22,6 +22,7 @@ from etcd_backup.diagnose import (
 )
 from etcd_backup.etcd import MemberInfo
 from etcd_backup.facts import FILE_KEYS, NodeFacts
+from etcd_backup.restore.facts import RestoreFacts
 from flows.diagnose import diagnose_cluster, run_command
 
 NAMES = ("etcd1", "etcd2", "etcd3", "etcd4", "etcd5")
@@ -42,32 +43,40 @@ def ip(name: str) -> str:
     return f"10.0.0.{NAMES.index(name) + 1}"
 
 
-def healthy(name: str, **kw) -> NodeFacts:
+def restore_facts(base: NodeFacts) -> RestoreFacts:
+    """What the restore flows see of a node: its base facts and, when the file is there, a readable etcd.conf."""
+    return RestoreFacts(node=base, conf_text="ETCD_NAME=x\n" if base.files.get("etcd_conf") else None)
+
+
+def healthy(name: str, **kw) -> RestoreFacts:
     kw = {"etcd_active": True, **kw}
-    return NodeFacts(
-        name=name,
-        ip=ip(name),
-        reachable=True,
-        files=dict.fromkeys(FILE_KEYS, True),
-        etcd_version="3.5.1",
-        data_dir_present=True,
-        free_bytes=10 << 30,
-        **kw,
+    return restore_facts(
+        NodeFacts(
+            name=name,
+            ip=ip(name),
+            reachable=True,
+            files=dict.fromkeys(FILE_KEYS, True),
+            etcd_version="3.5.1",
+            data_dir_present=True,
+            free_bytes=10 << 30,
+            **kw,
+        )
     )
 
 
-def failed(name: str) -> NodeFacts:
+def failed(name: str) -> RestoreFacts:
     """etcd crashed and its data is damaged; the files are still there."""
     return healthy(name, etcd_active=False)
 
 
-def bare(name: str) -> NodeFacts:
+def bare(name: str) -> RestoreFacts:
     """A recreated machine with the same IP and nothing on it."""
-    return NodeFacts(name=name, ip=ip(name), reachable=True, files=dict.fromkeys(FILE_KEYS, False), free_bytes=10 << 30)
+    files = dict.fromkeys(FILE_KEYS, False)
+    return restore_facts(NodeFacts(name=name, ip=ip(name), reachable=True, files=files, free_bytes=10 << 30))
 
 
-def unreachable(name: str, error: str = "cannot reach root@x:22: NoValidConnectionsError") -> NodeFacts:
-    return NodeFacts(name=name, ip=ip(name), reachable=False, error=error)
+def unreachable(name: str, error: str = "cannot reach root@x:22: NoValidConnectionsError") -> RestoreFacts:
+    return restore_facts(NodeFacts(name=name, ip=ip(name), reachable=False, error=error))
 
 
 def health(*ok: str, size: int = 3) -> dict[str, str]:
