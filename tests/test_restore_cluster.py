@@ -2,9 +2,11 @@
 
 Fault injection used here: a node's restore tool (etcdutl on 3.5, etcdctl on 3.4) is
 replaced in place by a script that runs the real binary (kept in the node's /root) for
-everything but `snapshot restore`, which fails. The facts and plan see a working tool,
-so the failure happens midway, after every other node has been stopped, set aside and
-restored: the rollback must put every node back.
+everything but `snapshot restore`, which fails at once (or, on the other nodes, first
+sleeps). The facts and plan see a working tool, so the failure happens midway, after
+every node has been stopped and set aside and while the other nodes still restore: the
+rollback must put every node back. An SSH connection is cut by a TCP relay in front of
+one node's sshd; the Prefect API is taken away by stopping the server the run reports to.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from tests.restore_helpers import (
     fleet_state,
     in_thread,
     paused_run,
+    planned_steps,
     save_cluster_block,
+    task_runs,
 )
 
 pytestmark = [pytest.mark.restore, pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
@@ -132,11 +136,17 @@ def test_restore_after_two_members_failed(setup, etcd_version):
     fleet.wait_healthy(60)
     counts = result["data"]
     assert len(counts) == 3 and {v["keys"] for v in counts.values()} == {len(setup.data)}
-    report = artifacts(state)[result["report"]]
+    published = artifacts(state)
+    report = published[result["report"]]
     assert "succeeded" in report
     for node in fleet.nodes:
-        assert f"| {node.name} | restore | snapshot restore | done |" in report
+        assert f"| snapshot restore @ {node.name} | {node.name} | restore | done | 1 |" in report
         assert re.search(rf"\| {node.ip}:2379 \| \d+ \| {len(setup.data)} \|", report)
+    plan = planned_steps(published[f"restore-plan-{CLUSTER_ID}"])
+    runs = task_runs(state)  # one task run per planned step, named like the runbook, each completed
+    assert {name: runs[name].state_type.value for name in plan} == dict.fromkeys(plan, "COMPLETED")
+    assert {"stop kube-apiserver @ etcd1", "set aside /var/lib/etcd @ etcd2", "wait healthy"} <= set(plan)
+    assert not [name for name in runs if name.startswith("undo:")]
 
 
 @pytest.mark.parametrize("etcd_version,setup", [("3.5.1", "legacy"), ("3.4.23", "zstd")], indirect=True)
@@ -206,31 +216,46 @@ def test_confirmation_gate_refuses_a_wrong_name_then_accepts_the_right_one(setup
     assert_restored(setup, box["state"].result())
 
 
-def _inject_restore_failure(node, etcd_version: str) -> None:
+def _wrap_restore_tool(node, etcd_version: str, on_restore: str) -> None:
+    """Replace the node's restore tool in place: `snapshot restore` first runs on_restore, the rest the real tool."""
     tool = "etcdutl" if etcd_version.startswith("3.5") else "etcdctl"
     real = node.path(f"/root/{tool}.real")
     shutil.copyfile(node.path(f"/usr/bin/{tool}"), real)
     real.chmod(0o755)
     script = (
-        f'#!/bin/sh\nif [ "$1" = snapshot ] && [ "$2" = restore ]; then\n'
-        f'  echo "injected failure of snapshot restore" >&2; exit 1\nfi\nexec /root/{tool}.real "$@"\n'
+        f'#!/bin/sh\nif [ "$1" = snapshot ] && [ "$2" = restore ]; then\n  {on_restore}\nfi\n'
+        f'exec /root/{tool}.real "$@"\n'
     )
     with open(node.path(f"/usr/bin/{tool}"), "r+b") as f:  # in place: the path is a bind mount
         f.truncate(0)
         f.write(script.encode())
 
 
-@pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
-def test_failure_midway_rolls_every_node_back(setup, etcd_version):
-    fleet = setup.fleet
-    fleet.lose_quorum("fail")
-    _inject_restore_failure(fleet.node("etcd3"), etcd_version)
-    before = fleet_state(fleet)
-    state = setup.run(confirm=True)
-    assert state.is_failed() and "rolled back" in state.message and "injected failure" in state.message
-    after = fleet_state(fleet)
+def _rows(report: str) -> dict[str, dict]:
+    """The report's step table: step name -> status, start and duration (seconds)."""
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[4].isdigit():
+            rows[cells[0]] = {"status": cells[3], "started": float(cells[5]), "seconds": float(cells[6])}
+    return rows
+
+
+def _undoable(plan_text: str) -> list[str]:
+    """The planned steps that have an undo (a `- undo:` line under their heading)."""
+    found, current = [], None
+    for line in plan_text.splitlines():
+        if line.startswith("### "):
+            current = line[4:].split(" *(")[0]
+        elif line.startswith("   - undo:") and current and current not in found:
+            found.append(current)
+    return found
+
+
+def assert_as_before(before: dict, after: dict) -> None:
+    """Every node exactly as before the run: files byte for byte, running state; only the run dir is new."""
     for name in before:
-        assert after[name]["running"] == before[name]["running"]
+        assert after[name]["running"] == before[name]["running"], name
         changed = {
             k for k in before[name] if k not in ("systemctl", "var/lib") and before[name][k] != after[name].get(k)
         }
@@ -240,6 +265,37 @@ def test_failure_midway_rolls_every_node_back(setup, etcd_version):
         assert [d for d in after[name]["var/lib"] if d not in before[name]["var/lib"]] == [
             d for d in after[name]["var/lib"] if d.startswith("etcd-restore-")
         ]
-    assert after["etcd1"]["running"]
-    report = artifacts(state)["restore-report-uk8s-restoretest"]
-    assert "FAILED and was rolled back" in report and "| etcd3 | restore | snapshot restore | failed |" in report
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
+def test_failure_midway_rolls_every_node_back(setup, etcd_version):
+    fleet = setup.fleet
+    fleet.lose_quorum("fail")
+    _wrap_restore_tool(fleet.node("etcd3"), etcd_version, 'echo "injected failure of snapshot restore" >&2; exit 1')
+    for name in ("etcd1", "etcd2"):  # still restoring when etcd3 fails; they finish after the failure
+        _wrap_restore_tool(fleet.node(name), etcd_version, "sleep 3")
+    before = fleet_state(fleet)
+    state = setup.run(confirm=True)
+    assert state.is_failed() and "rolled back" in state.message and "injected failure" in state.message
+    assert_as_before(before, fleet_state(fleet))
+    assert fleet_state(fleet)["etcd1"]["running"]
+    published = artifacts(state)
+    report = published[f"restore-report-{CLUSTER_ID}"]
+    assert "FAILED and was rolled back" in report
+    rows = _rows(report)
+    failed = rows["snapshot restore @ etcd3"]
+    assert failed["status"] == "failed"
+    for name in ("etcd1", "etcd2"):
+        done = rows[f"snapshot restore @ {name}"]
+        assert done["status"] == "done" and done["started"] + done["seconds"] > failed["started"] + failed["seconds"]
+        assert rows[f"set aside /var/lib/etcd @ {name}"]["status"] == "undone"
+    runs = task_runs(state)
+    assert runs["snapshot restore @ etcd3"].state_type.value == "FAILED"
+    assert runs["snapshot restore @ etcd1"].state_type.value == "COMPLETED"
+    undone = [name for name in _undoable(published[f"restore-plan-{CLUSTER_ID}"]) if name in rows]
+    assert "undo: set aside /var/lib/etcd @ etcd1" in {f"undo: {n}" for n in undone}
+    assert {f"undo: {n}": "COMPLETED" for n in undone} == {
+        name: r.state_type.value for name, r in runs.items() if name.startswith("undo:")
+    }
+    assert not [name for name in runs if name.startswith("start etcd")]  # nothing after the failed phase ran

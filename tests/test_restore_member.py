@@ -108,8 +108,11 @@ def test_replace_a_failed_member_of_a_repaired_node(setup, etcd_version):
     apiserver = failed.path("/etc/kubernetes/apiserver").read_text()
     assert f"--advertise-address={failed.ip} \\" in apiserver  # the copied config keeps this node's IP
     report = artifacts(state)[result["report"]]
-    assert "succeeded" in report and "| etcd1 | remove | member remove" in report
-    assert "| etcd2 | start | start etcd | done |" in report and f"`etcd2=https://{failed.ip}:2380`" in report
+    assert (
+        "succeeded" in report
+        and f"| member remove {result['removed']} (etcd2) @ etcd1 | etcd1 | remove | done" in report
+    )
+    assert "| start etcd @ etcd2 | etcd2 | start | done |" in report and f"`etcd2=https://{failed.ip}:2380`" in report
 
 
 @pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
@@ -205,7 +208,8 @@ def test_failure_after_member_remove_puts_the_node_back_and_a_rerun_only_adds(se
     before = fleet_state(fleet)["etcd2"]
     state = setup.run(failed_node="etcd2", healthy_node="etcd1", confirm=True)
     assert state.is_failed() and "injected failure of member add" in state.message
-    assert "etcd2 is no longer a member: run this flow again" in state.message
+    assert "etcd2 was removed from the member list and is NOT a member now" in state.message
+    assert "run etcd-restore-member again with failed_node=etcd2" in state.message
     after = fleet_state(fleet)["etcd2"]
     changed = [k for k in before if k not in ("systemctl", "var/lib") and before[k] != after.get(k)]
     assert not changed, changed[:5]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import posixpath
+import shlex
 from dataclasses import dataclass, field
 
 CLUSTER = "cluster"  # the pseudo-node of checks run from the flow process (health, member list)
@@ -36,13 +38,21 @@ class Relay:
 
 @dataclass(frozen=True)
 class Upload:
-    """Stream the verified snapshot from the flow process to dest on the node."""
+    """Stream the verified snapshot from the flow process to dest on the node; the node checks its sha256 on the way."""
 
     dest: str
+    sha256: str
+    codec: str = "raw"
 
     def describe(self) -> str:
         """One line for plans and logs."""
-        return f"upload the verified snapshot -> {self.dest}"
+        wire = "zstd-compressed on the wire, " if self.codec == "zstd" else ""
+        return f"upload the verified snapshot -> {self.dest} ({wire}sha256 checked on the node)"
+
+    def command(self, decoder: str) -> str:
+        """The node command: decode the wire stream, write dest in place, print the sha256 of what was written."""
+        where = shlex.quote(posixpath.dirname(self.dest) or "/")
+        return f"mkdir -p {where} && {decoder} | tee {shlex.quote(self.dest)} | sha256sum"
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,14 @@ Action = Run | Relay | Upload | Write | Check
 
 @dataclass(frozen=True)
 class Step:
-    """One ordered step on one node: its actions, whether it changes the node, and how to undo it."""
+    """One runbook step on one node: its actions, whether it changes the node, how to undo it, if it may repeat.
+
+    `repeatable` steps can run again after a transient error (SSH reset, timeout, leader
+    election) without doing anything twice: copies keep the first saved original, writes
+    overwrite, health checks only read. The others (moving a data dir aside, `snapshot
+    restore`, `member add`) never retry. `irreversible` steps (`member remove`) cannot be
+    undone; their note says what that leaves behind after a failure.
+    """
 
     node: str
     phase: str
@@ -84,3 +101,17 @@ class Step:
     destructive: bool = False
     undo: tuple[Run, ...] = ()
     note: str = ""
+    repeatable: bool = False
+    irreversible: bool = False
+
+    @property
+    def name(self) -> str:
+        """The name an operator reads: 'stop etcd @ etcd2', 'copy /etc/etcd etcd1 -> etcd3', 'wait healthy'."""
+        if self.node == CLUSTER or " -> " in self.title:
+            return self.title
+        return f"{self.title} @ {self.node}"
+
+    @property
+    def undo_name(self) -> str:
+        """The name of the step's undo: 'undo: set aside /var/lib/etcd @ etcd2'."""
+        return f"undo: {self.name}"

@@ -9,13 +9,15 @@ CHUNK = 256 * 1024
 
 
 class TCPProxy:
-    """Relay 127.0.0.1:<free port> to target; `cut_after(n)` drops every connection after n bytes."""
+    """Relay <listen_host>:<free port> to target; after n bytes `cut_after(n)` vanishes, `drop_after(n)` drops once."""
 
-    def __init__(self, target_host: str, target_port: int):
+    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1"):
         self.target = (target_host, target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((listen_host, 0))
         self.port = self.listener.getsockname()[1]
         self.gone = False
+        self.drops = 0
+        self._once = False
         self._budget: int | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -34,7 +36,12 @@ class TCPProxy:
     def cut_after(self, nbytes: int) -> None:
         """Vanish once nbytes more bytes (either direction) have been relayed."""
         with self._lock:
-            self._budget = nbytes
+            self._budget, self._once = nbytes, False
+
+    def drop_after(self, nbytes: int) -> None:
+        """Drop every open connection once nbytes more bytes have been relayed; later connections work."""
+        with self._lock:
+            self._budget, self._once = nbytes, True
 
     def heal(self) -> None:
         """Come back: accept and relay again."""
@@ -86,6 +93,9 @@ class TCPProxy:
             if self._budget is not None:
                 self._budget -= nbytes
                 if self._budget < 0:
+                    if self._once:
+                        self._budget, self.drops = None, self.drops + 1
+                        return True
                     self.gone = True
             return self.gone
 
