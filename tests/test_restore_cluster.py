@@ -15,12 +15,21 @@ import json
 import re
 import secrets
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
+from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from pyrage import x25519
 
-from blocks import AgeIdentity, LocalStorage
+from blocks import AgeIdentity, EtcdCluster, LocalStorage
+from deployments.local_server import LocalPrefectServer
 from etcd_backup import pipeline
 from etcd_backup.catalog import manifest_key
 from etcd_backup.etcd import EtcdAccess
@@ -37,6 +46,7 @@ from tests.restore_helpers import (
     save_cluster_block,
     task_runs,
 )
+from tests.servers.tcp_proxy import TCPProxy
 
 pytestmark = [pytest.mark.restore, pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 CLUSTER_ID = "uk8s-restoretest"
@@ -49,10 +59,10 @@ class Setup:
     "legacy" (the old plugin's *.db.tar.gz without a manifest).
     """
 
-    def __init__(self, fleet, tmp_path, kind: str = "zstd"):
+    def __init__(self, fleet, tmp_path, kind: str = "zstd", keys: int = 400, value_size: int = 700):
         self.fleet = fleet
         with fleet.client() as client:
-            fill(client, 400, 700)
+            fill(client, keys, value_size)
             client.put("/registry/secrets/kube-system/raw", b"\x00\xff binary \x01")
             self.data = {m.key: v for v, m in client.get_all()}
         self.dir = tmp_path / "backups"
@@ -299,3 +309,94 @@ def test_failure_midway_rolls_every_node_back(setup, etcd_version):
         name: r.state_type.value for name, r in runs.items() if name.startswith("undo:")
     }
     assert not [name for name in runs if name.startswith("start etcd")]  # nothing after the failed phase ran
+
+
+# --- faults of the machinery: an SSH connection cut mid-step, the Prefect API gone mid-restore ------------------
+
+
+@pytest.mark.faults
+def test_a_cut_ssh_connection_in_a_repeatable_step_is_retried(prefect_api, fleet, tmp_path):
+    setup = Setup(fleet, tmp_path, keys=600, value_size=6000)  # 3.6 MB, 2 MB zstd: the cut falls in the upload
+    etcd2 = fleet.node("etcd2")
+    with TCPProxy(etcd2.ip, 22, listen_host=etcd2.ip) as relay:
+        spec = fleet.spec(CLUSTER_ID)
+        spec.nodes[1].ssh_port = relay.port
+        spec.ssh.known_hosts += f"[{etcd2.ip}]:{relay.port} {etcd2.host_key}\n"
+        EtcdCluster.from_spec(spec).save(setup.cluster, overwrite=True)
+        fleet.lose_quorum("fail")
+        relay.drop_after(1 << 20)  # facts, stop, etcd.conf and set-aside use a few KB: the cut falls in the upload
+        state = setup.run(confirm=True)
+        assert state.is_completed(), state.message
+        assert relay.drops == 1
+    assert_restored(setup, state.result())
+    rows = _rows(artifacts(state)[state.result()["report"]])
+    assert rows["upload snapshot @ etcd2"]["status"] == "done"
+    run = task_runs(state)["upload snapshot @ etcd2"]
+    assert run.state_type.value == "COMPLETED" and run.run_count == 2  # failed on the cut, then retried
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _journal_has(directory: Path, text: str, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in directory.glob("restore-*.jsonl"):
+            if text in path.read_text():
+                return path
+        time.sleep(0.2)
+    raise AssertionError(f"the restore's journal never showed {text!r}")
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("outcome", ["finishes", "rolls back"])
+def test_a_restore_finishes_or_rolls_back_when_the_prefect_api_goes_away(fleet, tmp_path, outcome):
+    server = LocalPrefectServer(tmp_path / "prefect", port=_free_port()).start()
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            setup = Setup(fleet, tmp_path)
+        fleet.lose_quorum("fail")
+        for name in ("etcd1", "etcd2"):  # the restore phase outlasts the server's shutdown
+            _wrap_restore_tool(fleet.node(name), "3.5.1", "sleep 5")
+        if outcome == "rolls back":
+            _wrap_restore_tool(
+                fleet.node("etcd3"), "3.5.1", 'sleep 2; echo "injected failure of snapshot restore" >&2; exit 1'
+            )
+        before = fleet_state(fleet)
+        reports = tmp_path / "reports"
+        env = {**server.env(), "ETCD_BACKUP_REPORT_DIR": str(reports), "ETCD_BACKUP_RETRY_DELAY": "0.2"}
+        call = f"restore_cluster(cluster={setup.cluster!r}, storage={setup.storage!r}, confirm=True, return_state=True)"
+        script = f"from flows.restore_cluster import restore_cluster\ns = {call}\nprint('FINAL', s.type.value)\n"
+        log = open(tmp_path / "flow.log", "w")
+        flow = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
+        journal = _journal_has(reports, '"name": "upload snapshot @')
+        server.stop()  # the API goes away while the nodes are half way
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{server.api_url}/health", timeout=2)
+        later = '"name": "start etcd @' if outcome == "finishes" else '"event": "undo"'
+        assert later not in journal.read_text()  # those steps run with the API away
+        report = journal.with_suffix(".md")
+        deadline = time.monotonic() + 300
+        while not report.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        text = report.read_text()  # written before the artifact, which waits for the API
+        if outcome == "finishes":
+            assert "succeeded" in text
+            fleet.wait_healthy(60)
+            with fleet.client() as client:
+                assert {m.key: v for v, m in client.get_all()} == setup.data
+        else:
+            assert "FAILED and was rolled back" in text and "injected failure" in text
+            assert_as_before(before, fleet_state(fleet))
+        server.start()  # the API comes back: the run reports its end and the buffered task runs
+        assert flow.wait(300) == 0
+        final = "COMPLETED" if outcome == "finishes" else "FAILED"
+        assert f"FINAL {final}" in (tmp_path / "flow.log").read_text()
+        with temporary_settings({PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+            [run] = client.read_flow_runs()
+            assert run.state_type.value == final
+    finally:
+        server.stop()
