@@ -221,10 +221,11 @@ def _quorum_lost(
     case = QUORUM_LOST_DELETED if 2 * len(deleted) >= len(spec.nodes) else QUORUM_LOST_FAILED
     blocked = [f for f in findings if f.state == UNREACHABLE]
     note = "; ".join(_blocked(f) for f in blocked)
+    passed_over = {f.name: reasons[f.name] for f in findings if f.name in reasons and f not in deleted}
     return (
         case,
         (Action(RESTORE_CLUSTER, {"retained_node": keep.name, "backup": "latest"}, ready=not blocked, note=note),),
-        (),
+        _sources(passed_over),
     )
 
 

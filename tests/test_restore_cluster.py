@@ -185,12 +185,16 @@ def test_dry_run_changes_nothing_and_publishes_the_plan(setup):
     stale = setup.run(dry_run=True)  # the block still has the deleted machines' host keys
     assert stale.is_failed() and "host key" in stale.message and "etcd2" in stale.message
     setup.save_block()
+    unfinished = f"{CLUSTER_ID}-backup-etcd-3.5.1-2099-01-01T00-00-00.db.zst"
+    (setup.dir / unfinished).write_bytes(b"an upload still running")  # newer, no manifest: skipped and named
     before = fleet_state(fleet)
     state = setup.run(dry_run=True, restore_control_plane=True)
     assert state.is_completed(), state.message
     assert fleet_state(fleet) == before
+    assert state.result()["backup"] == setup.record.key
     plan = artifacts(state)[state.result()["plan"]]
     assert "Dry run" in plan and "nothing was changed" in plan
+    assert f"## Newer objects not restored\n\n- `{unfinished}`: no manifest: an upload still running" in plan
     for node in fleet.nodes:
         assert f"--name={node.name}" in plan and f"--initial-advertise-peer-urls=https://{node.ip}:2380" in plan
     assert "copy file etcd1:/usr/bin/etcd -> /usr/bin/etcd" in plan and "systemctl restart network" in plan

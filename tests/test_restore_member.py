@@ -12,11 +12,15 @@ import json
 import os
 import secrets
 import shutil
+from pathlib import Path
 
 import pytest
 from prefect.flow_runs import resume_flow_run
 
+from blocks import EtcdCluster
 from flows.restore_member import restore_member
+from tests.fleet import fleet_net
+from tests.fleet.pki import host_domain
 from tests.restore_helpers import (
     artifacts,
     assert_control_plane,
@@ -133,6 +137,40 @@ def test_replace_the_member_of_a_deleted_and_recreated_node_with_control_plane(s
     assert os.access(node.path("/usr/bin/etcd"), os.X_OK) and os.access(node.path("/usr/bin/etcdctl"), os.X_OK)
     assert node.path("/usr/lib/systemd/system/etcd.service").stat().st_size > 0
     assert any(line.endswith("enable --now etcd") for line in node.systemctl_log())
+
+
+@pytest.fixture
+def host_names(fleet):
+    """Names <node>.fleet<N>.test for the fleet's IPs in /etc/hosts (edited in place, put back afterwards)."""
+    hosts = Path("/etc/hosts")
+    original = hosts.read_text()
+    names = {node.name: f"{node.name}.{host_domain(fleet_net())}" for node in fleet.nodes}
+    lines = "".join(f"{node.ip} {names[node.name]}\n" for node in fleet.nodes)
+    with open(hosts, "a") as f:
+        f.write(lines)
+    try:
+        yield names
+    finally:
+        current = hosts.read_text().replace(lines, "")
+        with open(hosts, "r+") as f:  # in place: /etc/hosts may be a mount point
+            f.truncate(0)
+            f.write(current if current.strip() else original)
+
+
+def test_replace_a_member_when_the_block_names_its_endpoints_by_host_name(setup, host_names):
+    fleet = setup.fleet
+    spec = fleet.spec(CLUSTER_ID)
+    spec.endpoints = [f"https://{host_names[n.name]}:2379" for n in fleet.nodes]
+    EtcdCluster.from_spec(spec).save(setup.cluster, overwrite=True)
+    failed = fleet.node("etcd2")
+    fleet.fail_member(failed)
+    setup.put_when_healthy("while-down", 10, failed)
+    state = setup.run(failed_node="etcd2", confirm=True)
+    assert state.is_completed(), state.message
+    assert state.result()["removed"] and state.result()["healthy"] == "etcd1"
+    assert_replaced(setup, "etcd2")
+    report = artifacts(state)[state.result()["report"]]
+    assert f"`etcd2=https://{failed.ip}:2380`" in report
 
 
 # --- safety ----------------------------------------------------------------------------
