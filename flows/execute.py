@@ -14,6 +14,8 @@ stops a restore half way nor blocks its rollback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture, wait
 from prefect.utilities.annotations import allow_failure
@@ -29,8 +31,17 @@ from flows.restore_report import journal_path
 from tasks.steps import step_task, undo_task
 
 
-def run_plan(cluster: EtcdCluster, plan: Plan, snapshot: str | None = None, health_timeout: float = 180.0):
-    """Run the plan on the cluster's nodes, each step a task run; on failure undo every started step."""
+def run_plan(
+    cluster: EtcdCluster,
+    plan: Plan,
+    snapshot: str | None = None,
+    gate: Callable[[], object] | None = None,
+    health_timeout: float = 180.0,
+) -> ExecutionReport:
+    """Run the plan on the cluster's nodes, each step a task run; on failure undo every started step.
+
+    `gate` (e.g. the result of the quorum check) is awaited before the first phase that changes a node.
+    """
     spec = cluster.spec()
     nodes = {n.name: n for n in nodes_of(spec)}
     uploads = [s.node for s in plan.steps if any(isinstance(a, Upload) for a in s.actions)]
@@ -38,17 +49,27 @@ def run_plan(cluster: EtcdCluster, plan: Plan, snapshot: str | None = None, heal
     found = checks.for_plan(cluster.access(timeout=5), spec, plan.info.get("failed"), health_timeout)
     runner = Runner(nodes, Journal(journal_path(plan)), found, feed)
     try:
-        return execute(plan, runner)
+        return execute(plan, runner, gate)
     finally:
         for node in nodes.values():
             node.close()
 
 
-def execute(plan: Plan, runner: Runner) -> ExecutionReport:
-    """Phases in order, nodes in parallel; the first failure stops the plan and rolls back what started."""
+def execute(plan: Plan, runner: Runner, gate: Callable[[], object] | None = None) -> ExecutionReport:
+    """Phases in order, nodes in parallel; the first failure stops the plan and rolls back what started.
+
+    A gate that raises (a check refused the restore) undoes what started and raises its error.
+    """
     logger = get_run_logger()
     error = None
     for phase, steps in plan.phases():
+        if gate is not None and any(s.destructive for s in steps):
+            try:
+                gate()
+            except Exception:
+                rollback(plan, runner)
+                raise
+            gate = None
         logger.info("phase %s: %s", phase, ", ".join(s.name for s in steps))
         futures = submit(steps, runner, undo=False)
         wait(list(futures.values()))
@@ -97,7 +118,7 @@ def phase_error(steps: list[Step], futures: dict[str, PrefectFuture], runner: Ru
 
 
 def rollback(plan: Plan, runner: Runner) -> bool:
-    """Undo every started step that changed a node, newest first; an undo Prefect could not run runs here."""
+    """Undo every started step that has an undo, newest first; an undo Prefect could not run runs here."""
     groups = undo_order(runner.journal.started(list(plan.steps)))
     if not groups:
         return False

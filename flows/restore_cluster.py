@@ -25,6 +25,7 @@ from tasks.cluster import node_facts
 
 HEALTH_TIMEOUT = 3.0
 WORK_DIR = os.environ.get("ETCD_BACKUP_WORK_DIR")  # where the flow keeps the fetched snapshot during a run
+WIRE = os.environ.get("ETCD_BACKUP_WIRE", "zstd")  # "raw": send the snapshot to the nodes uncompressed
 STEP_THREADS = 64  # task runs waiting on their node's previous step hold a thread each
 
 
@@ -70,23 +71,25 @@ def restore_cluster(
     work = tempfile.mkdtemp(prefix=f"etcd-restore-{run_id}-", dir=WORK_DIR)
     snapshot_path = os.path.join(work, "snapshot.db")
     try:
-        # 1-2: every check, and the backup fetched and verified, before anything changes
-        facts = node_facts(spec)
-        steps.check_quorum(target.access(timeout=HEALTH_TIMEOUT), spec, force)
+        # 1-2: every check, and the backup fetched and verified, before anything changes (side by side)
+        facts = node_facts.submit(spec)
+        quorum = steps.check_quorum.submit(target.access(timeout=HEALTH_TIMEOUT), spec, force)
         with load_storage(storage).build() as store:
             choice = steps.choose_backup(store, cluster_id, backup, allow_older)
             snapshot, choice = steps.fetch_backup(store, choice, age, snapshot_path, allow_older)
         token = f"{cluster_id}-{run_id}-{secrets.token_hex(3)}".lower()
-        options = RestoreOptions(run_id=run_id, restore_control_plane=restore_control_plane)
-        plan = steps.plan_restore(spec, facts, snapshot, retained_node, token, options)
+        options = RestoreOptions(run_id=run_id, restore_control_plane=restore_control_plane, wire=WIRE)
+        plan = steps.plan_restore(spec, facts.result(), snapshot, retained_node, token, options)
+        if dry_run or not confirm:
+            quorum.result()  # refuses while quorum holds; else checked again below, before any node changes
         plan_key = plan_artifact(plan, dry_run, choice)
         if dry_run:
             get_run_logger().info("dry run: nothing changed; the plan is in artifact %s", plan_key)
             return {"dry_run": True, "plan": plan_key, "backup": snapshot.key, "retained": plan.info["retained"]}
         if not confirm:
             confirm_or_refuse(cluster_id, f"Restoring {choice.describe()}", timeout=confirm_timeout)
-        # 3-8: stop, refill, rewrite etcd.conf, set aside, upload, restore everywhere, start together, check
-        report = run_plan(target, plan, snapshot_path)
+        # 3-8: upload, then (quorum checked) stop, refill, rewrite etcd.conf, set aside, restore, start together
+        report = run_plan(target, plan, snapshot_path, gate=quorum.result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report_key = publish_report(plan, report)

@@ -54,10 +54,10 @@ def restore_member(
     spec, cluster_id = target.spec(), target.cluster_id
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     # 1-2: every check before anything changes: nodes (host keys verified), health, member list
-    facts = node_facts(spec)
+    facts = node_facts.submit(spec)
     state = steps.read_membership(target.access(timeout=HEALTH_TIMEOUT))
     options = RestoreOptions(run_id=run_id, restore_control_plane=restore_control_plane)
-    plan = steps.plan_member(spec, facts, state, failed_node, healthy_node, options)
+    plan = steps.plan_member(spec, facts.result(), state, failed_node, healthy_node, options)
     info = plan.info
     plan_key = plan_artifact(plan, dry_run)
     if dry_run:

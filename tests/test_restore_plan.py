@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from datetime import UTC, datetime
 
@@ -270,15 +271,17 @@ def test_plan_for_deleted_nodes_refills_them_and_restores_every_member():
     plan = plan_cluster_restore(spec(), deleted(), SNAP, None, "tok-1", OPTIONS)
     assert plan.info["retained"] == "etcd1" and plan.info["wire"] == "zstd"
     assert [p for p, _ in plan.phases()] == [
+        "upload",  # first: it touches nothing of etcd's, so it overlaps the last checks
         "stop",
         "refill",
         "configure",
         "set-aside",
-        "upload",
         "restore",
         "start",
         "check",
     ]
+    assert not any(s.destructive for s in plan.steps if s.phase == "upload")
+    assert all(s.undo and s.repeatable for s in plan.steps if s.phase == "upload")
     assert not [s for s in plan.for_node("etcd1") if s.phase == "refill"]
     refill = commands(plan, "etcd2", "refill")
     assert any("/etc/etcd" in cmd and "saved" in cmd for cmd in refill) and "systemctl daemon-reload" in refill
@@ -482,3 +485,46 @@ def test_runner_journals_each_step_and_the_undo_order_is_newest_first_per_phase(
     assert statuses["restore @ a"] == "done"  # its effect goes with the set-aside undo
     lines = (tmp_path / "run.jsonl").read_text().splitlines()
     assert len(lines) == 6 * 2 + 4 and '"event": "undo"' in lines[-1]
+
+
+# --- the snapshot feed: one compressed stream for every node, a retry reads its own --------------------------
+
+
+def _read_all(reader, size=1 << 16) -> bytes:
+    out = bytearray()
+    while chunk := reader.read(size):
+        out += chunk
+    return bytes(out)
+
+
+def test_snapshot_feed_shares_one_stream_and_a_retry_reads_its_own(tmp_path):
+    import threading
+
+    from etcd_backup.restore.feed import SnapshotFeed
+
+    snapshot = tmp_path / "snapshot.db"
+    data = os.urandom(3 << 20).hex().encode()[: 5 << 20] + bytes(1 << 20)
+    snapshot.write_bytes(data)
+    feed = SnapshotFeed(str(snapshot), "zstd", ["a", "b", "c"], join_wait=5)
+    readers = {name: feed.open(name) for name in "abc"}
+    got: dict[str, bytes] = {}
+
+    def consume(name):
+        if name == "c":  # a node whose upload breaks after 1 MiB leaves the shared stream
+            readers[name].read(1 << 20)
+            readers[name].close()
+        else:
+            got[name] = _read_all(readers[name])
+
+    threads = [threading.Thread(target=consume, args=(name,)) for name in "abc"]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert not any(t.is_alive() for t in threads)
+    again = _read_all(feed.open("c"))  # its retry: a stream of its own
+    for wire in (got["a"], got["b"], again):
+        decoded = subprocess.run(["zstd", "-dqc"], input=wire, capture_output=True, check=True).stdout
+        assert decoded == data
+    assert len(got["a"]) < len(data) * 0.7
+    damaged = bytearray(again)
+    damaged[len(damaged) // 2] ^= 0x01  # zstd's content checksum catches a damaged copy on the node
+    assert subprocess.run(["zstd", "-dqc"], input=bytes(damaged), capture_output=True).returncode != 0

@@ -38,7 +38,11 @@ class Relay:
 
 @dataclass(frozen=True)
 class Upload:
-    """Stream the verified snapshot from the flow process to dest on the node; the node checks its sha256 on the way."""
+    """Stream the verified snapshot from the flow process to dest on the node, checked on the node as it is written.
+
+    codec "zstd": compressed on the wire; zstd checks the frame's content checksum as it decodes.
+    codec "raw": sent as it is; the node prints the sha256 of what it wrote, compared with `sha256`.
+    """
 
     dest: str
     sha256: str
@@ -46,13 +50,15 @@ class Upload:
 
     def describe(self) -> str:
         """One line for plans and logs."""
-        wire = "zstd-compressed on the wire, " if self.codec == "zstd" else ""
-        return f"upload the verified snapshot -> {self.dest} ({wire}sha256 checked on the node)"
+        how = "zstd on the wire, checked by its content checksum" if self.codec == "zstd" else "sha256 checked"
+        return f"upload the verified snapshot -> {self.dest} ({how} on the node)"
 
-    def command(self, decoder: str) -> str:
-        """The node command: decode the wire stream, write dest in place, print the sha256 of what was written."""
-        where = shlex.quote(posixpath.dirname(self.dest) or "/")
-        return f"mkdir -p {where} && {decoder} | tee {shlex.quote(self.dest)} | sha256sum"
+    def command(self) -> str:
+        """The node command: decode the wire stream and write dest in place (raw: print the sha256 written)."""
+        where, dest = shlex.quote(posixpath.dirname(self.dest) or "/"), shlex.quote(self.dest)
+        if self.codec == "zstd":
+            return f"mkdir -p {where} && zstd -dqc > {dest}"
+        return f"mkdir -p {where} && tee {dest} | sha256sum"
 
 
 @dataclass(frozen=True)

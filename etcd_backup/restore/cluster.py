@@ -1,7 +1,9 @@
 """Pure planning of a whole-cluster restore (quorum lost; runbook 3.1.2 and 3.2.2): checks that refuse, ordered steps.
 
-Services stop before any file changes so that a rollback (the undos in reverse) puts
-files and data back before it starts etcd again where it ran.
+The snapshot goes to every node first, into the run dir (nothing of etcd's is touched,
+so it can overlap the last checks). Services stop before any file changes so that a
+rollback (the undos in reverse) puts files and data back before it starts etcd again
+where it ran.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from etcd_backup.restore.conf import rewrite_conf
 from etcd_backup.restore.facts import RestoreFacts
 from etcd_backup.restore.plan import Plan, RestoreOptions, order
 
-PHASES = ("stop", "refill", "configure", "set-aside", "upload", "restore", "start", "check", "kubernetes")
+PHASES = ("upload", "stop", "refill", "configure", "set-aside", "restore", "start", "check", "kubernetes")
 HEADROOM = 128 << 20  # free bytes wanted on top of the snapshot copy and the restored data dir
 KIND = "restore"
 
@@ -127,7 +129,7 @@ def plan_cluster_restore(
     layout, run_id = spec.layout, options.run_id
     run = c.run_dir(layout.data_dir, run_id)
     tools = {f.name: _tool(f, keep, spec) for f in facts}
-    wire = "zstd" if all(f.files.get("zstd") for f in facts) else "raw"
+    wire = "zstd" if options.wire == "zstd" and all(f.files.get("zstd") for f in facts) else "raw"
     planned: list = []
     for f in facts:
         planned += steps.stop(f)
@@ -190,7 +192,8 @@ def _notes(tools, keep: RestoreFacts, spec: ClusterSpec, run_id: str, wire: str,
         f"files are copied from the retained node {keep.name}",
         "the snapshot is compressed once with zstd and sent to every node at the same time"
         if wire == "zstd"
-        else f"the snapshot is sent uncompressed to every node at the same time (no zstd on {', '.join(lacking)})",
+        else "the snapshot is sent uncompressed to every node at the same time"
+        + (f" (no zstd on {', '.join(lacking)})" if lacking else ""),
         f"old data dirs are moved to {aside} on every node; copies of every file changed are kept under {run}/saved",
         "if any step fails, every started step is undone in reverse order (data dirs and files put back, "
         "etcd started again where it ran)",

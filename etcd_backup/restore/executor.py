@@ -20,7 +20,7 @@ from pathlib import Path
 from etcd_backup.errors import EtcdBackupError, NodeError
 from etcd_backup.nodes import Node
 from etcd_backup.restore.actions import Check, Relay, Run, Step, Upload, Write
-from etcd_backup.restore.feed import CODECS, SnapshotFeed
+from etcd_backup.restore.feed import SnapshotFeed
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,12 @@ class Journal:
 
 
 def undo_order(started: list[Step]) -> list[list[Step]]:
-    """What a rollback undoes: started destructive steps that have an undo, phase by phase newest first.
+    """What a rollback undoes: started steps that have an undo, phase by phase newest first.
 
     Within a phase group each node's steps come newest first; the flow runs the nodes
     of a group in parallel. Irreversible steps (`member remove`) are left out.
     """
-    undoable = [s for s in started if s.destructive and s.undo and not s.irreversible]
+    undoable = [s for s in started if s.undo and not s.irreversible]
     groups: list[list[Step]] = []
     for step in reversed(undoable):
         if groups and groups[-1][0].phase == step.phase:
@@ -202,16 +202,16 @@ class Runner:
             node.write(action.path, action.text, action.mode)
 
     def _upload(self, node: Node, action: Upload) -> None:
-        """Stream the snapshot to the node, decoding it there, and compare the sha256 the node computed."""
-        if self.feed is None:
-            raise ValueError("this plan uploads a snapshot but none was fetched")
+        """Stream the snapshot to the node, decoded and checked there (zstd's checksum, or the sha256 it prints)."""
+        if self.feed is None or self.feed.codec != action.codec:
+            raise ValueError(f"this plan uploads a {action.codec} snapshot stream but the flow has none")
         reader = self.feed.open(node.name)
         try:
-            out = node.run(action.command(CODECS[self.feed.codec]), stdin=reader, timeout=3600)
+            out = node.run(action.command(), stdin=reader, timeout=3600)
         finally:
             reader.close()
-        got = out.stdout.split()[0] if out.stdout.split() else ""
-        if got != action.sha256:
+        got = (out.stdout.split() or [""])[0]
+        if action.codec == "raw" and got != action.sha256:
             raise NodeError(
                 f"the snapshot written to {action.dest} has sha256 {got or '(none)'}, expected {action.sha256}",
                 step="upload",

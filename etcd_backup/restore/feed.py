@@ -15,12 +15,13 @@ from collections.abc import Iterable, Iterator
 import zstandard
 
 CHUNK = 1 << 20
-CODECS = {"zstd": "zstd -dqc", "raw": "cat"}  # the node command that decodes the wire stream to the raw snapshot
+CODECS = ("zstd", "raw")
 
 
 def chunks(path: str, codec: str, chunk: int = CHUNK) -> Iterator[bytes]:
-    """The file's bytes encoded for the wire (zstd level 1 on two threads, or raw)."""
-    compressor = zstandard.ZstdCompressor(level=1, threads=2).compressobj() if codec == "zstd" else None
+    """The file's bytes encoded for the wire (zstd level 1 on two threads with a content checksum, or raw)."""
+    zstd = zstandard.ZstdCompressor(level=1, threads=2, write_checksum=True) if codec == "zstd" else None
+    compressor = zstd.compressobj() if zstd else None
     with open(path, "rb") as f:
         while data := f.read(chunk):
             out = compressor.compress(data) if compressor else data

@@ -15,10 +15,14 @@ from etcd_backup.restore.actions import Step
 
 @dataclass(frozen=True)
 class RestoreOptions:
-    """Choices of one restore run: its id (a UTC timestamp) and whether to bring back the Kubernetes control plane."""
+    """Choices of one restore run: its id (a UTC timestamp), the Kubernetes control plane, the snapshot's wire codec.
+
+    wire: "zstd" (when every node has zstd; the default) or "raw" to send the snapshot uncompressed.
+    """
 
     run_id: str
     restore_control_plane: bool = False
+    wire: str = "zstd"
 
 
 @dataclass(frozen=True)

@@ -102,4 +102,6 @@ def fetch(
                 raise
             failed = dataclasses.replace(choice.backup, complete=False, problem=f"it fails verification: {exc.message}")
             candidates = [failed if b.key == failed.key else b for b in choice.candidates]
+            if not any(usable(b) for b in candidates):
+                raise  # nothing older to name: the damaged backup is the answer
             choice = choose_backup(candidates, failed.cluster_id, LATEST, allow_older)

@@ -116,12 +116,17 @@ def set_aside(name: str, layout: NodeLayout, run_id: str) -> Step:
 
 
 def upload(name: str, run: str, sha256: str, codec: str) -> Step:
-    """Copy the verified snapshot into the node's run dir; the node checks its sha256 as it writes (repeatable)."""
+    """Copy the verified snapshot into the node's run dir (sha256 checked on the node as it writes); repeatable.
+
+    It changes nothing of etcd's; its undo removes the copy (a restore refused after it leaves nothing behind).
+    """
+    path = posixpath.join(run, SNAPSHOT_NAME)
     return Step(
         name,
         "upload",
         "upload snapshot",
-        (Upload(posixpath.join(run, SNAPSHOT_NAME), sha256, codec),),
+        (Upload(path, sha256, codec),),
+        undo=(Run(f"rm -f {c.q(path)}"),),
         repeatable=True,
     )
 
