@@ -200,6 +200,18 @@ def test_dry_run_changes_nothing_and_publishes_the_plan(setup):
     assert "copy file etcd1:/usr/bin/etcd -> /usr/bin/etcd" in plan and "systemctl restart network" in plan
 
 
+def test_a_healthy_cluster_is_refused_after_the_upload_and_nothing_is_left(setup):
+    before = fleet_state(setup.fleet)  # quorum holds: the check, run beside the upload, refuses the restore
+    state = setup.run(confirm=True)
+    assert state.is_failed() and "quorum is healthy" in state.message and "etcd-restore-member" in state.message
+    assert fleet_state(setup.fleet) == before
+    runs = task_runs(state)
+    assert {name for name in runs if name.startswith("undo: upload snapshot")} == {
+        f"undo: upload snapshot @ {node.name}" for node in setup.fleet.nodes
+    }
+    assert not [name for name in runs if name.startswith("stop ")]
+
+
 def test_corrupt_backup_is_refused_before_any_node_changes(setup):
     fleet = setup.fleet
     fleet.lose_quorum("fail")

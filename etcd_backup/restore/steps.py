@@ -126,7 +126,7 @@ def upload(name: str, run: str, sha256: str, codec: str) -> Step:
         "upload",
         "upload snapshot",
         (Upload(path, sha256, codec),),
-        undo=(Run(f"rm -f {c.q(path)}"),),
+        undo=(Run(f"rm -f {c.q(path)} && (rmdir {c.q(run)} 2>/dev/null || true)"),),
         repeatable=True,
     )
 
