@@ -40,7 +40,7 @@ def member_list(access: etcd.EtcdAccess) -> list[etcd.MemberInfo] | None:
     return members
 
 
-@task(name="node-facts", cache_policy=NO_CACHE, timeout_seconds=300)
+@task(name="node-facts", cache_policy=NO_CACHE)  # submitted: SSH connect and commands time out
 def node_facts(spec: ClusterSpec) -> list[restore_facts.RestoreFacts]:
     """What every master node holds and runs (etcd files, service, data dir, etcd.conf, kube services), one SSH each."""
     found = restore_facts.gather(spec)

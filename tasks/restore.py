@@ -17,7 +17,7 @@ from etcd_backup.storage.base import Storage
 from tasks.retry import RETRY
 
 
-@task(name="check-quorum", cache_policy=NO_CACHE, timeout_seconds=120)
+@task(name="check-quorum", cache_policy=NO_CACHE)  # submitted: every gRPC call has a deadline
 def check_quorum(access: etcd.EtcdAccess, spec: ClusterSpec, force: bool) -> dict[str, str]:
     """Ask every member for a linearizable read; refuse a whole-cluster restore while quorum holds (unless forced)."""
     logger = get_run_logger()
