@@ -132,14 +132,12 @@ def plan_cluster_restore(
     wire = "zstd" if options.wire == "zstd" and all(f.files.get("zstd") for f in facts) else "raw"
     planned: list = []
     for f in facts:
+        planned.append(steps.upload(f.name, run, snapshot.raw_sha256, wire))
         planned += steps.stop(f)
         if f is not keep:
             planned += steps.refill(f, keep, layout, run)
         planned.append(steps.configure(f.name, layout.etcd_conf, _conf(f, keep, spec, token), run))
-        planned.append(steps.set_aside(f.name, layout, run_id))
-        planned.append(steps.upload(f.name, run, snapshot.raw_sha256, wire))
-        planned.append(steps.restore(f.name, _restore_command(spec, f.name, tools[f.name], run, token)))
-        planned.append(steps.start(f))
+        planned += _restore(f, spec, tools[f.name], run, token, run_id)
         planned += _kubernetes(f, keep, spec, run, options)
     planned += steps.checks(("healthy", "wait healthy"), ("members", "check member list"), ("data", "count keys"))
     tool_names = {n: t[0] + (" --bump-revision" if t[2] else "") for n, t in tools.items()}
@@ -152,6 +150,12 @@ def plan_cluster_restore(
         notes=_notes(tools, keep, spec, run_id, wire, facts),
         info={"backup": snapshot.key, "retained": keep.name, "token": token, "tools": tool_names, "wire": wire},
     )
+
+
+def _restore(f: RestoreFacts, spec: ClusterSpec, tool: tuple[str, str, bool], run: str, token: str, run_id: str):
+    """Set the data dir aside, `snapshot restore` into a new one, start etcd."""
+    command = _restore_command(spec, f.name, tool, run, token)
+    return [steps.set_aside(f.name, spec.layout, run_id), steps.restore(f.name, command), steps.start(f)]
 
 
 def _restore_command(spec: ClusterSpec, name: str, tool: tuple[str, str, bool], run: str, token: str) -> str:

@@ -46,6 +46,7 @@ class _Reader:
         return next(self._source, None)
 
     def read(self, n: int = -1) -> bytes:
+        """Up to n bytes (all that is left when n < 0); b"" at the end."""
         while not self._eof and (n < 0 or len(self._buf) < n):
             data = self._next()
             if data is None:
@@ -56,6 +57,7 @@ class _Reader:
         return data
 
     def close(self) -> None:
+        """Leave the stream: the shared producer stops feeding this reader."""
         self.closed.set()
 
 

@@ -235,13 +235,7 @@ def plan_member_replacement(
     options: RestoreOptions,
 ) -> Plan:
     """The ordered steps that replace the failed node's member while quorum holds (runbook 3.1.1 / 3.2.1)."""
-    try:
-        node = spec.node(failed)
-    except ConfigError:
-        raise RestoreRefused(
-            f"{failed!r} is not a node of cluster {spec.cluster_id} (nodes: {', '.join(n.name for n in spec.nodes)})",
-            step="check nodes",
-        ) from None
+    node = _failed_node(spec, failed)
     others = check_cluster(spec, node, members, health)
     gone = failed_member(spec, node, members or [])
     f = next(x for x in facts if x.name == node.name)
@@ -265,12 +259,27 @@ def plan_member_replacement(
     ]
     if options.restore_control_plane:
         planned += steps.control_plane(f, source, node.ip, spec.layout, run)
+    return _plan(spec, node, source, gone, initial, order(planned, PHASES), options)
+
+
+def _failed_node(spec: ClusterSpec, failed: str) -> MasterNode:
+    try:
+        return spec.node(failed)
+    except ConfigError:
+        raise RestoreRefused(
+            f"{failed!r} is not a node of cluster {spec.cluster_id} (nodes: {', '.join(n.name for n in spec.nodes)})",
+            step="check nodes",
+        ) from None
+
+
+def _plan(spec, node, source, gone, initial: str, ordered: tuple[Step, ...], options: RestoreOptions) -> Plan:
     removed = f"`member remove {gone.hex_id}`" if gone else "not a member any more (no remove)"
+    run = c.run_dir(spec.layout.data_dir, options.run_id)
     return Plan(
         kind=KIND,
         cluster_id=spec.cluster_id,
         run_id=options.run_id,
-        steps=order(planned, PHASES),
+        steps=ordered,
         header=(
             f"failed node **{node.name}** ({spec.peer_url(node)}): {removed}, then `member add`",
             f"healthy node: **{source.name}**; run id `{options.run_id}`",
