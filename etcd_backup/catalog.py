@@ -218,6 +218,7 @@ class Backup:
     manifest: Manifest | None = None
     manifest_stored: bool = False  # a manifest object exists, valid or not
     verification: Verification | None = None
+    problem: str | None = None  # why a backup that has a manifest fails it (None: fine, or no manifest at all)
 
     @property
     def manifest_key(self) -> str:
@@ -235,13 +236,15 @@ def list_backups(storage: Storage, cluster_id: str, prefix: str = "") -> list[Ba
         parsed = parse_key(key)
         if parsed is None or parsed.cluster_id != cluster_id or parsed.prefix != prefix:
             continue
-        manifest = None
+        manifest, problem = None, None
         if manifest_key(key) in objects:
             try:
                 manifest = read_manifest(storage, key)
-            except (ConfigError, NotFound):
-                manifest = None
-        legacy = manifest is None and parsed.compression == "tar.gz" and not parsed.encrypted
+            except (ConfigError, NotFound) as exc:
+                problem = f"its manifest cannot be read ({exc.message})"
+        if manifest is not None and manifest.size != info.size:
+            problem = f"its size {info.size} differs from the {manifest.size} bytes its manifest records"
+        legacy = manifest is None and problem is None and parsed.compression == "tar.gz" and not parsed.encrypted
         backups.append(
             Backup(
                 key=key,
@@ -250,11 +253,12 @@ def list_backups(storage: Storage, cluster_id: str, prefix: str = "") -> list[Ba
                 size=info.size,
                 compression=parsed.compression,
                 encrypted=parsed.encrypted,
-                complete=manifest is not None and manifest.size == info.size,
+                complete=manifest is not None and problem is None,
                 legacy=legacy,
                 manifest=manifest,
                 manifest_stored=manifest_key(key) in objects,
                 verification=read_verification(storage, key) if verified_key(key) in objects else None,
+                problem=problem,
             )
         )
     return sorted(backups, key=lambda b: (b.time, b.key))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from urllib.parse import urlparse
 
+from etcd_backup import flow_names, recovery
 from etcd_backup.cluster import ClusterSpec, MasterNode
+from etcd_backup.errors import RestoreRefused
 from etcd_backup.etcd import MemberInfo
-from etcd_backup.facts import NodeFacts
+from etcd_backup.restore.facts import RestoreFacts
+from etcd_backup.restore.member import check_cluster
 
 HEALTHY = "healthy"
 MEMBER_FAILED = "3.1.1"  # one (less than half) member failed, node not deleted, quorum kept
@@ -24,14 +26,13 @@ TITLES = {
     QUORUM_LOST_DELETED: "3.2.2 half or more nodes were deleted, the cluster lost quorum",
     MANUAL: "cannot recover automatically: no node reachable over SSH holds the etcd files to start from",
 }
-RESTORE_MEMBER = "etcd-restore-member"
-RESTORE_CLUSTER = "etcd-restore-cluster"
+RESTORE_MEMBER = flow_names.RESTORE_MEMBER
+RESTORE_CLUSTER = flow_names.RESTORE_CLUSTER
 LOW_FREE_BYTES = 1 << 30
 
 # Node states.
 OK, NO_QUORUM, FAILED, BARE, UNREACHABLE = "healthy", "no quorum", "failed", "bare", "unreachable"
 _CORE_FILES = ("etcd_bin", "etcd_conf", "certs", "unit")
-_SOURCE_FILES = ("etcd_bin", "etcd_conf", "certs")
 
 
 @dataclass(frozen=True)
@@ -86,55 +87,46 @@ class Diagnosis:
 
 
 def diagnose(
-    spec: ClusterSpec, facts: list[NodeFacts], health: dict[str, str], members: list[MemberInfo] | None
+    spec: ClusterSpec, facts: list[RestoreFacts], health: dict[str, str], members: list[MemberInfo] | None
 ) -> Diagnosis:
-    """Decide which runbook case applies from node facts, endpoint health and the member list."""
+    """Decide which runbook case applies from node facts, endpoint health and the member list.
+
+    Quorum, the health of each node and the source of files follow etcd_backup.recovery,
+    and a member replacement is only marked ready when the flow's own checks accept it.
+    """
     by_name = {f.name: f for f in facts}
-    quorum = any(v == "ok" for v in health.values())
-    findings = tuple(
-        _finding(spec, n, by_name.get(n.name), _health_of(spec, n, health), members, quorum) for n in spec.nodes
-    )
+    states = recovery.node_health(spec, health)
+    quorum = recovery.has_quorum(spec, health, len(members) if members else None)
+    findings = tuple(_finding(spec, n, by_name.get(n.name), states[n.name], members, quorum) for n in spec.nodes)
     extra = _members_not_in_spec(spec, members)
     notes = tuple(f"member {m} is in the member list but not in the cluster block" for m in extra)
     if members is None:
         notes += ("the member list could not be read",)
     if quorum:
-        case, actions = _quorum_kept(findings, by_name)
+        case, actions, why = _quorum_kept(spec, findings, facts, health, members)
     else:
-        case, actions = _quorum_lost(spec, findings, by_name)
+        case, actions, why = _quorum_lost(spec, findings, facts)
     return Diagnosis(
         case=case,
         title=TITLES[case],
         quorum=quorum,
         nodes=findings,
         actions=actions,
-        findings=notes,
-        summary=_summary(case, quorum, findings, actions, notes),
+        findings=notes + why,
+        summary=_summary(case, quorum, findings, actions, notes + why),
     )
-
-
-def _health_of(spec: ClusterSpec, node: MasterNode, health: dict[str, str]) -> str:
-    """The health entry of the node's client endpoint (matched by host and port)."""
-    want = _netloc(spec.client_url(node))
-    for endpoint, state in health.items():
-        if _netloc(endpoint) == want:
-            return state
-    return "not checked"
-
-
-def _netloc(url: str) -> str:
-    return (urlparse(url if "://" in url else f"https://{url}").netloc or url).lower()
 
 
 def _finding(
     spec: ClusterSpec,
     node: MasterNode,
-    facts: NodeFacts | None,
+    found: RestoreFacts | None,
     health: str,
     members: list[MemberInfo] | None,
     quorum: bool,
 ) -> NodeFinding:
     """One node's state (healthy, no quorum, failed, bare, unreachable) with notes a person can act on."""
+    facts = found.node if found else None
     is_member = None if members is None else any(_is(spec, node, m) for m in members)
     notes = []
     if facts is None or not facts.reachable:
@@ -155,7 +147,7 @@ def _finding(
     return NodeFinding(name=node.name, ip=node.ip, state=state, health=health, is_member=is_member, notes=tuple(notes))
 
 
-def _state(facts: NodeFacts | None, health: str) -> str:
+def _state(facts, health: str) -> str:
     if health == "ok":
         return OK
     if facts is None or not facts.reachable:
@@ -167,8 +159,7 @@ def _state(facts: NodeFacts | None, health: str) -> str:
 
 def _is(spec: ClusterSpec, node: MasterNode, member: MemberInfo) -> bool:
     """True when the member is this node (by name, or by peer URL for a member not started yet)."""
-    peers = {_netloc(u) for u in member.peer_urls}
-    return member.name == node.name or _netloc(spec.peer_url(node)) in peers
+    return member.name == node.name or spec.peer_url(node) in member.peer_urls
 
 
 def _members_not_in_spec(spec: ClusterSpec, members: list[MemberInfo] | None) -> list[str]:
@@ -180,58 +171,62 @@ def _members_not_in_spec(spec: ClusterSpec, members: list[MemberInfo] | None) ->
     ]
 
 
-def _quorum_kept(findings: tuple[NodeFinding, ...], facts: dict[str, NodeFacts]) -> tuple[str, tuple[Action, ...]]:
-    """Cases 3.1.1 / 3.2.1: replace each broken member from a healthy, reachable node."""
+def _sources(reasons: dict[str, str]) -> tuple[str, ...]:
+    return tuple(f"{name} cannot be the source of etcd files: {why}" for name, why in reasons.items())
+
+
+def _quorum_kept(
+    spec: ClusterSpec,
+    findings: tuple[NodeFinding, ...],
+    facts: list[RestoreFacts],
+    health: dict[str, str],
+    members: list[MemberInfo] | None,
+) -> tuple[str, tuple[Action, ...], tuple[str, ...]]:
+    """Cases 3.1.1 / 3.2.1: replace each broken member from a healthy node that holds every file."""
     broken = [f for f in findings if f.state != OK]
     if not broken:
-        return HEALTHY, ()
-    source = _best([f for f in findings if f.state == OK], facts)
+        return HEALTHY, (), ()
+    healthy = {f.name: f.state == OK for f in findings}
+    source, reasons = recovery.choose_source(facts, exclude=tuple(f.name for f in broken), healthy=healthy)
     if source is None:
-        return MANUAL, ()
+        return MANUAL, (), _sources(reasons)
     case = NODE_DELETED if all(f.state in (BARE, UNREACHABLE) for f in broken) else MEMBER_FAILED
-    actions = tuple(
-        Action(
-            RESTORE_MEMBER,
-            {"failed_node": f.name, "healthy_node": source.name},
-            ready=f.state != UNREACHABLE,
-            note=_blocked(f),
-        )
-        for f in broken
-    )
-    return case, actions
+    actions = []
+    for f in broken:
+        note = _blocked(f) or _member_refusal(spec, f.name, members, health)
+        params = {"failed_node": f.name, "healthy_node": source.name}
+        actions.append(Action(RESTORE_MEMBER, params, ready=not note, note=note))
+    return case, tuple(actions), ()
+
+
+def _member_refusal(spec: ClusterSpec, name: str, members: list[MemberInfo] | None, health: dict[str, str]) -> str:
+    """Why the member replacement flow would refuse this node now ('' when it would go ahead)."""
+    if members is None:
+        return "the member list could not be read; check the cluster block's endpoints and certificates"
+    try:
+        check_cluster(spec, spec.node(name), members, health)
+    except RestoreRefused as exc:
+        return exc.message
+    return ""
 
 
 def _quorum_lost(
-    spec: ClusterSpec, findings: tuple[NodeFinding, ...], facts: dict[str, NodeFacts]
-) -> tuple[str, tuple[Action, ...]]:
-    """Cases 3.1.2 / 3.2.2: rebuild the whole cluster from a backup, keeping the best reachable node."""
-    keep = _best([f for f in findings if f.state in (NO_QUORUM, FAILED)], facts)
+    spec: ClusterSpec, findings: tuple[NodeFinding, ...], facts: list[RestoreFacts]
+) -> tuple[str, tuple[Action, ...], tuple[str, ...]]:
+    """Cases 3.1.2 / 3.2.2: rebuild the whole cluster from a backup, keeping the best eligible node."""
+    keep, reasons = recovery.choose_source(facts)
     if keep is None:
-        return MANUAL, ()
+        return MANUAL, (), _sources(reasons)
     deleted = [f for f in findings if f.state in (BARE, UNREACHABLE)]
     case = QUORUM_LOST_DELETED if 2 * len(deleted) >= len(spec.nodes) else QUORUM_LOST_FAILED
     blocked = [f for f in findings if f.state == UNREACHABLE]
     note = "; ".join(_blocked(f) for f in blocked)
-    return case, (
-        Action(RESTORE_CLUSTER, {"retained_node": keep.name, "backup": "latest"}, ready=not blocked, note=note),
+    passed_over = {f.name: reasons[f.name] for f in findings if f.name in reasons and f not in deleted}
+    return (
+        case,
+        (Action(RESTORE_CLUSTER, {"retained_node": keep.name, "backup": "latest"}, ready=not blocked, note=note),),
+        _sources(passed_over),
     )
-
-
-def _best(candidates: list[NodeFinding], facts: dict[str, NodeFacts]) -> NodeFinding | None:
-    """The node to copy from or keep: reachable with etcd, etcd.conf and certs; prefer running etcd, all files, data."""
-    usable = [
-        f
-        for f in candidates
-        if f.name in facts and facts[f.name].reachable and all(facts[f.name].files.get(k) for k in _SOURCE_FILES)
-    ]
-    if not usable:
-        return None
-
-    def rank(f: NodeFinding) -> tuple:
-        nf = facts[f.name]
-        return (not nf.etcd_active, len(nf.missing), not nf.data_dir_present)
-
-    return min(usable, key=rank)
 
 
 def _blocked(f: NodeFinding) -> str:

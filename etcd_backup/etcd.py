@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -264,20 +265,22 @@ def health(access: EtcdAccess, *, rounds: int = HEALTH_ROUNDS, pause: float = HE
 
 
 def _health_once(access: EtcdAccess, endpoints: Iterable[str]) -> tuple[dict[str, str], set[str]]:
-    """Each endpoint's state, and the endpoints whose failure a retry cannot fix."""
-    result, final = {}, set()
+    """One linearizable read per endpoint, all at once: each endpoint's state, and those a retry cannot fix."""
     request = etcdrpc.RangeRequest(key=b"health")
-    for endpoint in endpoints:
+
+    def check(endpoint: str) -> tuple[str, bool]:
         try:
             _call(
                 access, endpoint, "endpoint health", lambda c: etcdrpc.KVStub(c).Range(request, timeout=access.timeout)
             )
-            result[endpoint] = "ok"
+            return "ok", False
         except EtcdUnavailable as exc:
-            result[endpoint] = "ok" if "PERMISSION_DENIED" in exc.message else exc.message
-            if not exc.transient:
-                final.add(endpoint)
-    return result, final
+            return ("ok" if "PERMISSION_DENIED" in exc.message else exc.message), not exc.transient
+
+    endpoints = list(endpoints)
+    with ThreadPoolExecutor(max_workers=max(1, len(endpoints))) as pool:
+        answers = dict(zip(endpoints, pool.map(check, endpoints), strict=True))
+    return {e: state for e, (state, _) in answers.items()}, {e for e, (_, final) in answers.items() if final}
 
 
 def pick_sources(access: EtcdAccess) -> list[str]:

@@ -6,6 +6,12 @@ cannot be renamed over or unlinked. The price is that a write interrupted half w
 leaves a partial file; callers that need atomicity write a new name and `mv` it.
 Commands never carry secrets (file contents go through stdin), so commands may be
 logged and quoted in errors.
+
+Commands run through fabric (`Connection.run`). Byte streams (file contents on stdin,
+a command's raw stdout, node-to-node relays) use the paramiko channel of the same
+connection directly: fabric/invoke read an `in_stream` one byte at a time when it is
+not a terminal, sleep 10 ms between reads and decode both directions as text, which
+corrupts binary data and would take hours for a snapshot.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import fabric
 import paramiko
+from invoke.exceptions import CommandTimedOut
 
 from etcd_backup import ssh
 from etcd_backup.cluster import ClusterSpec, MasterNode, NodeLayout, SSHAccess
@@ -50,7 +58,7 @@ class Node:
         self.access = access
         self.layout = layout or NodeLayout()
         self.connect_timeout = connect_timeout
-        self._client: paramiko.SSHClient | None = None
+        self._conn: fabric.Connection | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -85,9 +93,9 @@ class Node:
 
     def close(self) -> None:
         """Close the SSH connection (a later call reconnects)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     # -- commands ---------------------------------------------------------------
 
@@ -104,13 +112,31 @@ class Node:
         """Run a shell command, wait at most timeout seconds, and raise NodeError on failure when check.
 
         On timeout the channel is closed; the remote process is not signalled (SSH cannot),
-        so wrap long commands in `timeout N ...` on the node when they must die too.
+        so wrap long commands in `timeout N ...` on the node when they must die too. A
+        connection lost while the command ran raises a transient NodeError.
         """
-        out, err, code = self._exec(cmd, timeout=timeout, sudo=sudo, env=env, stdin=stdin)
-        result = Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
-        if check and code != 0:
-            raise self._failed(cmd, code, result.stderr)
+        if stdin is not None:
+            out, err, code = self._exec(cmd, timeout=timeout, sudo=sudo, env=env, stdin=stdin)
+            result = Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
+        else:
+            result = self._fabric_run(cmd, timeout=timeout, sudo=sudo, env=env)
+        if check and result.code != 0:
+            raise self._failed(cmd, result.code, result.stderr)
         return result
+
+    def _fabric_run(self, cmd: str, *, timeout: float, sudo: bool | None, env: dict[str, str] | None) -> Result:
+        """Run cmd with fabric's Connection.run; map timeouts and lost connections to NodeError."""
+        conn = self._connection()
+        log.debug("%s: %s", self, cmd)
+        try:
+            out = conn.run(self._wrap(cmd, sudo=sudo, env=env), timeout=timeout)
+        except CommandTimedOut:
+            raise self._error(f"`{_short(cmd)}` timed out after {timeout:.0f} s", step="run") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._lost(cmd, exc) from None
+        if out.exited == -1 and not self._alive():  # no exit status: the connection went away
+            raise self._lost(cmd)
+        return Result(out.stdout, out.stderr, out.exited)
 
     def _exec(
         self,
@@ -131,18 +157,35 @@ class Node:
             for chunk in self._chunks(chan, deadline, err, cmd):
                 out += chunk
             code = self._status(chan, deadline, cmd)
-            if broken and code == 0:
-                raise self._error(f"`{_short(cmd)}` stopped reading its input: {broken}", step="run")
-            return bytes(out), bytes(err), code
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost(cmd, exc) from None
         finally:
             chan.close()
+        if code == -1 and not self._alive():
+            raise self._lost(cmd)
+        if broken and code == 0:
+            raise self._error(f"`{_short(cmd)}` stopped reading its input: {broken}", step="run")
+        return bytes(out), bytes(err), code
+
+    def _alive(self) -> bool:
+        """True while the SSH connection is up."""
+        conn = self._conn
+        return conn is not None and conn.is_connected
+
+    def _lost(self, cmd: str, exc: BaseException | None = None) -> NodeError:
+        """The error of a command whose channel broke: transient when the connection itself went away."""
+        why = f": {exc.__class__.__name__}: {exc}" if exc is not None else ""
+        if self._alive():
+            return self._error(f"`{_short(cmd)}` failed{why}", step="run")
+        self.close()
+        return self._error(f"`{_short(cmd)}` lost its SSH connection{why}", step="run", transient=True)
 
     def _open(self, cmd: str, *, sudo: bool | None, env: dict[str, str] | None, deadline: float) -> paramiko.Channel:
         """Start cmd on a fresh channel."""
         full = self._wrap(cmd, sudo=sudo, env=env)
         log.debug("%s: %s", self, cmd)
         try:
-            chan = self._transport().open_session(timeout=self.connect_timeout)
+            chan = self._connection().client.get_transport().open_session(timeout=self.connect_timeout)
             chan.settimeout(max(deadline - time.monotonic(), 0.1))
             chan.exec_command(full)
         except (paramiko.SSHException, OSError) as exc:
@@ -197,32 +240,46 @@ class Node:
             raise self._error(f"`{_short(cmd)}` timed out waiting for its exit code", step="run")
         return chan.recv_exit_status()
 
-    def _transport(self) -> paramiko.Transport:
-        """The live SSH transport, connecting when needed."""
+    def _connection(self) -> fabric.Connection:
+        """The live fabric connection, connecting when needed (host key verified)."""
         with self._lock:
-            transport = self._client.get_transport() if self._client else None
-            if transport is None or not transport.is_active():
+            if self._conn is None or not self._conn.is_connected:
                 self.close()
-                self._client = self._connect()
-                transport = self._client.get_transport()
-            return transport
+                self._conn = self._connect()
+            return self._conn
 
-    def _connect(self) -> paramiko.SSHClient:
+    def _connect(self) -> fabric.Connection:
         """Open the SSH connection; errors name the node, never a secret."""
         a = self.access
+        secret = ssh.connect_kwargs(
+            a.private_key.get_secret_value() if a.private_key else None,
+            a.password.get_secret_value() if a.password else None,
+            self.connect_timeout,
+        )
+        timeout = secret.pop("timeout")
+        config = fabric.Config(
+            lazy=True,  # no fabric or ssh config files: the block says everything
+            ssh_config=paramiko.SSHConfig(),
+            overrides={"run": {"hide": True, "warn": True, "in_stream": False}},
+        )
+        conn = fabric.Connection(
+            self.ip,
+            user=a.user,
+            port=self.member.ssh_port,
+            config=config,
+            connect_timeout=timeout,
+            connect_kwargs=secret,
+        )
+        ssh.verify_host_keys(conn.client, a.known_hosts or None)  # instead of fabric's AutoAddPolicy
         try:
-            return ssh.connect(
-                self.ip,
-                self.member.ssh_port,
-                a.user,
-                private_key=a.private_key.get_secret_value() if a.private_key else None,
-                password=a.password.get_secret_value() if a.password else None,
-                known_hosts=a.known_hosts or None,
-                timeout=self.connect_timeout,
-            )
-        except NodeError as exc:
-            exc.node = str(self)
-            raise
+            conn.open()
+        except ssh.CONNECT_ERRORS as exc:
+            conn.close()
+            err = ssh.connect_error(exc, f"{a.user}@{self.ip}:{self.member.ssh_port}", self.ip)
+            err.node = str(self)
+            raise err from None
+        conn.transport.set_keepalive(15)
+        return conn
 
     # -- files ------------------------------------------------------------------
 
@@ -282,10 +339,14 @@ class Node:
             err = bytearray()
             yield from self._chunks(chan, deadline, err, cmd)
             code = self._status(chan, deadline, cmd)
-            if code != 0:
-                raise self._failed(cmd, code, err.decode(errors="replace"), step=step)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost(cmd, exc) from None
         finally:
             chan.close()
+        if code == -1 and not self._alive():
+            raise self._lost(cmd)
+        if code != 0:
+            raise self._failed(cmd, code, err.decode(errors="replace"), step=step)
 
     def copy_file_to(self, other: Node, path: str, dest: str | None = None, *, timeout: float = 600.0) -> None:
         """Relay one file from this node to the same (or dest) path on other, keeping its mode."""

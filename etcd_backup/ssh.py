@@ -46,6 +46,54 @@ class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
+def verify_host_keys(client: paramiko.SSHClient, known_hosts: str | None, host_fingerprint: str | None = None) -> None:
+    """Make the client accept only the host keys in known_hosts (or the pinned fingerprint); refuse any other."""
+    if known_hosts:
+        _load_known_hosts(client, known_hosts)
+    client.set_missing_host_key_policy(_PinnedPolicy(host_fingerprint))
+
+
+def _gcm_first(sock, **kwargs) -> paramiko.Transport:
+    """A Transport that prefers AES-GCM: one AEAD pass per packet moves twice the bytes of aes-ctr + hmac here."""
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    gcm = tuple(c for c in options.ciphers if c.endswith("-gcm@openssh.com"))
+    options.ciphers = gcm + tuple(c for c in options.ciphers if c not in gcm)
+    return transport
+
+
+def connect_kwargs(private_key: str | None, password: str | None, timeout: float) -> dict:
+    """Keyword arguments of SSHClient.connect: only the given credential, no agent or key files, bounded waits."""
+    return {
+        "transport_factory": _gcm_first,
+        "pkey": load_private_key(private_key) if private_key else None,
+        "password": password,
+        "timeout": timeout,
+        "banner_timeout": timeout,
+        "auth_timeout": timeout,
+        "allow_agent": False,
+        "look_for_keys": False,
+    }
+
+
+def connect_error(exc: BaseException, where: str, host: str) -> NodeError:
+    """The NodeError for a failed connection attempt (never carrying a secret); reachability errors are transient."""
+    if isinstance(exc, NodeError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return NodeError(
+            f"host key of {where} changed: {fingerprint(exc.key)} is not the known key", step="ssh", node=host
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return NodeError(f"authentication failed for {where}", step="ssh", node=host)
+    err = NodeError(f"cannot reach {where}: {exc.__class__.__name__}: {exc}", step="ssh", node=host)
+    err.transient = True
+    return err
+
+
+CONNECT_ERRORS = (NodeError, TimeoutError, OSError, EOFError, paramiko.SSHException)
+
+
 def connect(
     host: str,
     port: int = 22,
@@ -59,40 +107,13 @@ def connect(
 ) -> paramiko.SSHClient:
     """Open an SSH session whose host key is verified; errors never carry secrets."""
     client = paramiko.SSHClient()
-    if known_hosts:
-        _load_known_hosts(client, known_hosts)
-    client.set_missing_host_key_policy(_PinnedPolicy(host_fingerprint))
-    pkey = load_private_key(private_key) if private_key else None
-    where = f"{user}@{host}:{port}"
+    verify_host_keys(client, known_hosts, host_fingerprint)
+    kwargs = connect_kwargs(private_key, password, timeout)
     try:
-        client.connect(
-            host,
-            port=port,
-            username=user,
-            pkey=pkey,
-            password=password,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            allow_agent=False,
-            look_for_keys=False,
-        )
-    except NodeError:
+        client.connect(host, port=port, username=user, **kwargs)
+    except CONNECT_ERRORS as exc:
         client.close()
-        raise
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise NodeError(
-            f"host key of {where} changed: {fingerprint(exc.key)} is not the known key", step="ssh", node=host
-        ) from None
-    except paramiko.AuthenticationException:
-        client.close()
-        raise NodeError(f"authentication failed for {where}", step="ssh", node=host) from None
-    except (TimeoutError, OSError, paramiko.SSHException) as exc:
-        client.close()
-        err = NodeError(f"cannot reach {where}: {exc.__class__.__name__}: {exc}", step="ssh", node=host)
-        err.transient = True
-        raise err from None
+        raise connect_error(exc, f"{user}@{host}:{port}", host) from None
     transport = client.get_transport()
     if transport is not None:
         transport.set_keepalive(15)

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from blocks import AgeIdentity, load_cluster, load_storage
 from blocks.loading import load_block
+from etcd_backup import flow_names
 from etcd_backup.catalog import BackupRecord
 from etcd_backup.compression import Compression
 from etcd_backup.errors import ConfigError
@@ -18,7 +19,7 @@ from tasks import backup as steps
 from tasks.cluster import endpoint_health
 
 
-@flow(name="etcd-backup", on_failure=[notify_on_failure])
+@flow(name=flow_names.BACKUP, on_failure=[notify_on_failure])
 @readable_failures
 def backup_etcd(
     cluster: str,
@@ -61,7 +62,7 @@ def backup_etcd(
     return record
 
 
-@flow(name="etcd-list-backups")
+@flow(name=flow_names.LIST_BACKUPS)
 @readable_failures
 def list_backups(cluster: str, storage: str) -> list[dict]:
     """Show every backup of the cluster in storage as a table.
@@ -76,7 +77,7 @@ def list_backups(cluster: str, storage: str) -> list[dict]:
     return backups_table(cluster_id, backups)
 
 
-@flow(name="etcd-prune-backups")
+@flow(name=flow_names.PRUNE_BACKUPS)
 @readable_failures
 def prune_backups(cluster: str, storage: str, keep: Retention = 7, dry_run: bool = True) -> list[str]:
     """Apply retention to the cluster's backups; by default only say what would be deleted.

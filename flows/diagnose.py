@@ -9,8 +9,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from blocks import load_cluster
+from etcd_backup import flow_names
 from etcd_backup.diagnose import Diagnosis, diagnose
-from etcd_backup.facts import NodeFacts
+from etcd_backup.restore.facts import RestoreFacts
 from flows.failures import readable_failures
 from flows.report import human_size
 from tasks.artifacts import artifact_key
@@ -19,7 +20,7 @@ from tasks.cluster import endpoint_health, member_list, node_facts
 ETCD_TIMEOUT = 5.0
 
 
-@flow(name="etcd-diagnose")
+@flow(name=flow_names.DIAGNOSE)
 @readable_failures
 def diagnose_cluster(cluster: str) -> dict:
     """Check endpoint health, the member list and every node, then say which restore case applies and what to run.
@@ -40,7 +41,8 @@ def diagnose_cluster(cluster: str) -> dict:
         description=f"Diagnosis of {spec.cluster_id}: {diagnosis.case}",
     )
     get_run_logger().info("%s", diagnosis.summary)
-    return {"cluster": cluster, **diagnosis.to_dict(), "commands": commands, "facts": [asdict(f) for f in found]}
+    facts = [asdict(f.node) for f in found]
+    return {"cluster": cluster, **diagnosis.to_dict(), "commands": commands, "facts": facts}
 
 
 def deployment_name(flow_name: str, cluster: str) -> str:
@@ -66,9 +68,9 @@ def run_command(flow_name: str, deployment: str, parameters: dict[str, str]) -> 
     return f"prefect deployment run {shlex.quote(f'{flow_name}/{deployment}')} {params}"
 
 
-def report(cluster_id: str, diagnosis: Diagnosis, facts: list[NodeFacts], commands: list[str]) -> str:
+def report(cluster_id: str, diagnosis: Diagnosis, facts: list[RestoreFacts], commands: list[str]) -> str:
     """The markdown artifact: the case, what to run, and a table of the nodes."""
-    by_name = {f.name: f for f in facts}
+    by_name = {f.name: f.node for f in facts}
     lines = [
         f"# Diagnosis of {cluster_id}",
         "",

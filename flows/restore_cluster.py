@@ -9,19 +9,34 @@ import tempfile
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks import AgeIdentity, EtcdCluster, load_storage
+from blocks import AgeIdentity, load_cluster, load_storage
+from blocks.loading import load_block
+from etcd_backup import flow_names
 from etcd_backup.errors import EtcdBackupError
 from etcd_backup.restore.plan import RestoreOptions
+from etcd_backup.restore.render import outcome
+from flows.execute import run_plan
+from flows.failures import readable_failures
 from flows.notify import notify_on_failure
-from flows.safety import confirm_or_refuse, plan_artifact, report_artifact
+from flows.restore_report import plan_artifact, publish_report
+from flows.safety import confirm_or_refuse
 from tasks import restore as steps
+from tasks.cluster import node_facts
 
 HEALTH_TIMEOUT = 3.0
 WORK_DIR = os.environ.get("ETCD_BACKUP_WORK_DIR")  # where the flow keeps the fetched snapshot during a run
+WIRE = os.environ.get("ETCD_BACKUP_WIRE", "zstd")  # "raw": send the snapshot to the nodes uncompressed
+STEP_THREADS = 64  # task runs waiting on their node's previous step hold a thread each
 
 
-@flow(name="etcd-restore-cluster", on_failure=[notify_on_failure])
+@flow(
+    name=flow_names.RESTORE_CLUSTER,
+    on_failure=[notify_on_failure],
+    task_runner=ThreadPoolTaskRunner(max_workers=STEP_THREADS),
+)
+@readable_failures
 def restore_cluster(
     cluster: str,
     storage: str,
@@ -32,6 +47,7 @@ def restore_cluster(
     dry_run: bool = False,
     identity: str | None = None,
     force: bool = False,
+    allow_older: bool = False,
     confirm_timeout: int = 900,
     notify: str | None = None,
 ) -> dict:
@@ -47,44 +63,46 @@ def restore_cluster(
         dry_run: only publish the plan; change nothing
         identity: AgeIdentity block name, for encrypted backups
         force: restore even though quorum is healthy
+        allow_older: with "latest", restore the newest good backup even when a newer one is damaged
         confirm_timeout: seconds to wait for the confirmation
         notify: notification block as '<block-type-slug>/<name>' to alert on failure
     """
-    target = EtcdCluster.load(cluster)
+    target = load_cluster(cluster)
     spec, cluster_id = target.spec(), target.cluster_id
-    age = AgeIdentity.load(identity) if identity else None
+    age = load_block(identity, AgeIdentity, "identity block") if identity else None
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = tempfile.mkdtemp(prefix=f"etcd-restore-{run_id}-", dir=WORK_DIR)
+    snapshot_path = os.path.join(work, "snapshot.db")
     try:
-        # 1-2: every check, and the backup fetched and verified, before anything changes
-        facts = steps.gather_facts(spec)
-        steps.check_quorum(target.access(timeout=HEALTH_TIMEOUT), len(spec.nodes), force)
+        # 1-2: every check, and the backup fetched and verified, before anything changes (side by side)
+        facts = node_facts.submit(spec)
+        quorum = steps.check_quorum.submit(target.access(timeout=HEALTH_TIMEOUT), spec, force)
         with load_storage(storage).build() as store:
-            chosen = steps.choose_backup(store, cluster_id, backup)
-            snapshot = steps.fetch_backup(store, chosen, age, os.path.join(work, "snapshot.db"))
+            choice = steps.choose_backup(store, cluster_id, backup, allow_older)
+            snapshot, choice = steps.fetch_backup(store, choice, age, snapshot_path, allow_older)
         token = f"{cluster_id}-{run_id}-{secrets.token_hex(3)}".lower()
-        options = RestoreOptions(run_id=run_id, restore_control_plane=restore_control_plane)
-        plan = steps.plan_restore(spec, facts, snapshot, retained_node, token, options)
-        plan_key = plan_artifact(plan, dry_run)
+        options = RestoreOptions(run_id=run_id, restore_control_plane=restore_control_plane, wire=WIRE)
+        plan = steps.plan_restore(spec, facts.result(), snapshot, retained_node, token, options)
+        if dry_run or not confirm:
+            quorum.result()  # refuses while quorum holds; else checked again below, before any node changes
+        plan_key = plan_artifact(plan, dry_run, choice)
         if dry_run:
             get_run_logger().info("dry run: nothing changed; the plan is in artifact %s", plan_key)
-            return {"dry_run": True, "plan": plan_key, "backup": snapshot.key, "retained": plan.retained}
+            return {"dry_run": True, "plan": plan_key, "backup": snapshot.key, "retained": plan.info["retained"]}
         if not confirm:
-            confirm_or_refuse(cluster_id, f"Restoring backup {snapshot.key}", timeout=confirm_timeout)
-        # 3-8: refill, reconfigure, stop, set aside, restore everywhere, start together, control plane
-        report = steps.execute_plan(target, plan, os.path.join(work, "snapshot.db"))
-        report_key = report_artifact(plan, report)
+            confirm_or_refuse(cluster_id, f"Restoring {choice.describe()}", timeout=confirm_timeout)
+        # 3-8: upload, then (quorum checked) stop, refill, rewrite etcd.conf, set aside, restore, start together
+        report = run_plan(target, plan, snapshot_path, gate=quorum.result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report_key = publish_report(plan, report)
     if not report.ok:
-        state = "rolled back" if report.rolled_back and not report.rollback_errors else "NOT fully rolled back"
-        raise EtcdBackupError(
-            f"restore failed and was {state} (see artifact {report_key}): {report.error}", step="restore"
-        )
+        raise EtcdBackupError(f"restore {outcome(report)} (see {report_key}): {report.error}", step="restore")
     get_run_logger().info("cluster %s restored from %s in %.1f s", cluster_id, snapshot.key, report.seconds)
     return {
         "backup": snapshot.key,
-        "retained": plan.retained,
+        "skipped": [key for key, _ in choice.skipped],
+        "retained": plan.info["retained"],
         "token": token,
         "report": report_key,
         "seconds": report.seconds,

@@ -5,19 +5,31 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks import EtcdCluster
+from blocks import load_cluster
+from etcd_backup import flow_names
 from etcd_backup.errors import EtcdBackupError
 from etcd_backup.restore.plan import RestoreOptions
+from etcd_backup.restore.render import not_undone, outcome
+from flows.execute import run_plan
+from flows.failures import readable_failures
 from flows.notify import notify_on_failure
-from flows.safety import confirm_or_refuse, member_plan_artifact, member_report_artifact
+from flows.restore_report import plan_artifact, publish_report
+from flows.safety import confirm_or_refuse
 from tasks import member as steps
-from tasks.restore import gather_facts
+from tasks.cluster import node_facts
 
 HEALTH_TIMEOUT = 3.0
+STEP_THREADS = 32
 
 
-@flow(name="etcd-restore-member", on_failure=[notify_on_failure])
+@flow(
+    name=flow_names.RESTORE_MEMBER,
+    on_failure=[notify_on_failure],
+    task_runner=ThreadPoolTaskRunner(max_workers=STEP_THREADS),
+)
+@readable_failures
 def restore_member(
     cluster: str,
     failed_node: str,
@@ -40,47 +52,37 @@ def restore_member(
         confirm_timeout: seconds to wait for the confirmation
         notify: notification block as '<block-type-slug>/<name>' to alert on failure
     """
-    target = EtcdCluster.load(cluster)
+    target = load_cluster(cluster)
     spec, cluster_id = target.spec(), target.cluster_id
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     # 1-2: every check before anything changes: nodes (host keys verified), health, member list
-    facts = gather_facts(spec)
+    facts = node_facts.submit(spec)
     state = steps.read_membership(target.access(timeout=HEALTH_TIMEOUT))
     options = RestoreOptions(run_id=run_id, restore_control_plane=restore_control_plane)
-    plan = steps.plan_member(spec, facts, state, failed_node, healthy_node, options)
-    plan_key = member_plan_artifact(plan, dry_run)
+    plan = steps.plan_member(spec, facts.result(), state, failed_node, healthy_node, options)
+    info = plan.info
+    plan_key = plan_artifact(plan, dry_run)
     if dry_run:
         get_run_logger().info("dry run: nothing changed; the plan is in artifact %s", plan_key)
-        return {
-            "dry_run": True,
-            "plan": plan_key,
-            "failed": plan.failed,
-            "healthy": plan.healthy,
-            "remove_id": plan.remove_id,
-        }
+        return {"dry_run": True, "plan": plan_key, **{k: info[k] for k in ("failed", "healthy", "remove_id")}}
     if not confirm:
-        confirm_or_refuse(
-            cluster_id,
-            f"Replacing member {plan.failed} (member remove/add, data dir set aside)",
-            timeout=confirm_timeout,
-        )
-    # 3-7: copy files, rewrite etcd.conf, set data aside, member remove, member add, start, control plane
-    report = steps.execute_member(target, plan)
-    report_key = member_report_artifact(plan, report)
+        what = f"Replacing member {info['failed']} (member remove/add, data dir set aside)"
+        confirm_or_refuse(cluster_id, what, timeout=confirm_timeout)
+    # 3-7: copy files, rewrite etcd.conf, set data aside, member remove, member add, start, check, control plane
+    report = run_plan(target, plan)
+    report_key = publish_report(plan, report)
     if not report.ok:
-        removed = any(r.phase == "remove" and r.status == "done" for r in report.results)
-        state_text = "rolled back" if report.rolled_back and not report.rollback_errors else "NOT fully rolled back"
-        where = f"; {plan.failed} is no longer a member: run this flow again to add it" if removed else ""
+        left = "".join(f"; {note}" for note in not_undone(plan, report))
         raise EtcdBackupError(
-            f"member replacement failed and was {state_text}{where} (see artifact {report_key}): {report.error}",
+            f"member replacement {outcome(report)}{left} (see {report_key}): {report.error}",
             step="restore member",
-            node=plan.failed,
+            node=info["failed"],
         )
-    get_run_logger().info("%s replaced in %s in %.1f s", plan.failed, cluster_id, report.seconds)
+    get_run_logger().info("%s replaced in %s in %.1f s", info["failed"], cluster_id, report.seconds)
     return {
-        "failed": plan.failed,
-        "healthy": plan.healthy,
-        "removed": plan.remove_id,
+        "failed": info["failed"],
+        "healthy": info["healthy"],
+        "removed": info["remove_id"],
         "report": report_key,
         "seconds": report.seconds,
         "members": report.checks.get("member"),

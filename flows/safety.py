@@ -1,9 +1,8 @@
-"""Safety machinery every restore flow shares: the typed-name confirmation gate and the plan/report artifacts."""
+"""Safety machinery every restore flow shares: the typed-name confirmation gate (artifacts: flows.restore_report)."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -11,11 +10,6 @@ from prefect.states import Failed
 from pydantic import Field
 
 from etcd_backup.errors import RestoreRefused
-from etcd_backup.restore.executor import ExecutionReport
-from etcd_backup.restore.member import MemberPlan
-from etcd_backup.restore.plan import RestorePlan
-from etcd_backup.restore.render import member_plan_markdown, member_report_markdown, plan_markdown, report_markdown
-from flows.report import artifact_key
 
 
 class ConfirmRestore(RunInput):
@@ -68,35 +62,3 @@ def _leave_expired_pause(message: str) -> None:
         return
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(context.flow_run.id, Failed(message=message), force=True)
-
-
-def plan_artifact(plan: RestorePlan, dry_run: bool) -> str:
-    """Publish the full plan as a markdown artifact; returns its key."""
-    key = artifact_key("restore-plan", plan.cluster_id)
-    title = "Dry run: restore plan (nothing was changed)" if dry_run else "Restore plan"
-    create_markdown_artifact(plan_markdown(plan, title), key=key, description=f"{title} for {plan.cluster_id}")
-    return key
-
-
-def report_artifact(plan: RestorePlan, report: ExecutionReport) -> str:
-    """Publish what was done per node, the step timings and the restored data as a markdown artifact."""
-    key = artifact_key("restore-report", plan.cluster_id)
-    create_markdown_artifact(report_markdown(plan, report), key=key, description=f"Restore of {plan.cluster_id}")
-    return key
-
-
-def member_plan_artifact(plan: MemberPlan, dry_run: bool) -> str:
-    """Publish the full member replacement plan as a markdown artifact; returns its key."""
-    key = artifact_key("member-plan", plan.cluster_id)
-    title = "Dry run: member replacement plan (nothing was changed)" if dry_run else "Member replacement plan"
-    create_markdown_artifact(member_plan_markdown(plan, title), key=key, description=f"{title} for {plan.failed}")
-    return key
-
-
-def member_report_artifact(plan: MemberPlan, report: ExecutionReport) -> str:
-    """Publish what the member replacement did, step timings and the final member list as a markdown artifact."""
-    key = artifact_key("member-report", plan.cluster_id)
-    create_markdown_artifact(
-        member_report_markdown(plan, report), key=key, description=f"Replacement of {plan.failed} in {plan.cluster_id}"
-    )
-    return key

@@ -15,8 +15,8 @@ from etcd_backup.storage.base import Storage
 from flows.failures import readable_failures
 from flows.notify import notify_on_failure
 from tasks.artifacts import artifact_key
-from tasks.restore import choose_backup, fetch_backup
-from tasks.verify import record_verification, restore_in_scratch
+from tasks.restore import choose_backup
+from tasks.verify import fetch_exactly, record_verification, restore_in_scratch
 
 WORK_DIR = os.environ.get("ETCD_BACKUP_WORK_DIR")  # where the fetched snapshot and the scratch etcd live meanwhile
 
@@ -44,8 +44,8 @@ def verify_backup(
     target = load_cluster(cluster)
     age = load_block(identity, AgeIdentity, "identity block") if identity else None
     with load_storage(storage).build() as store:
-        chosen = choose_backup(store, target.cluster_id, backup)
-        return verify_steps(store, target.cluster_id, chosen.key, age, prefixes)
+        chosen = choose_backup(store, target.cluster_id, backup, allow_older=False)
+        return verify_steps(store, target.cluster_id, chosen.backup.key, age, prefixes)
 
 
 def verify_steps(
@@ -54,7 +54,7 @@ def verify_steps(
     """Fetch and check key, restore it into a scratch etcd, record the result, publish it; raise when it failed."""
     with tempfile.TemporaryDirectory(prefix="etcd-verify-", dir=WORK_DIR) as work:
         snapshot = os.path.join(work, "snapshot.db")
-        fetched = fetch_backup(store, key, identity, snapshot)
+        fetched = fetch_exactly(store, key, identity, snapshot)
         certificate = fetched.manifest.certificate if fetched.manifest else None
         report = restore_in_scratch(snapshot, certificate, prefixes, work)
     record = record_verification(store, key, report)

@@ -9,9 +9,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from etcd_backup import etcd, facts
+from etcd_backup import etcd
 from etcd_backup.cluster import ClusterSpec
 from etcd_backup.errors import EtcdBackupError
+from etcd_backup.facts import NodeFacts
+from etcd_backup.restore import facts as restore_facts
 
 
 @task(name="endpoint-health", cache_policy=NO_CACHE)
@@ -42,15 +44,18 @@ def member_list(access: etcd.EtcdAccess) -> list[etcd.MemberInfo] | None:
     return members
 
 
-@task(name="node-facts", cache_policy=NO_CACHE)
-def node_facts(spec: ClusterSpec) -> list[facts.NodeFacts]:
-    """What every master node holds and runs, checked over SSH in one command per node."""
-    found = facts.gather(spec)
-    log_facts(found)
+@task(name="node-facts", cache_policy=NO_CACHE)  # submitted: SSH connect and commands time out
+def node_facts(spec: ClusterSpec) -> list[restore_facts.RestoreFacts]:
+    """What every master node holds and runs (etcd files, service, data dir, etcd.conf, kube services), one SSH each."""
+    found = restore_facts.gather(spec)
+    log_facts([f.node for f in found])
+    for f in found:
+        if f.kube_active:
+            get_run_logger().info("step facts on %s: running %s", f.name, ", ".join(f.kube_active))
     return found
 
 
-def log_facts(found: list[facts.NodeFacts]) -> None:
+def log_facts(found: list[NodeFacts]) -> None:
     """One line per node in the run's log: reachable or why not, etcd version and state, what is missing."""
     logger = get_run_logger()
     for f in found:

@@ -5,11 +5,21 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from etcd_backup import catalog
+from blocks import AgeIdentity
+from etcd_backup import catalog, pipeline
 from etcd_backup.certificate import Certificate
 from etcd_backup.storage.base import Storage
 from etcd_backup.verify import VerifyReport, verify_restorable
 from tasks.retry import RETRY
+
+
+@task(name="fetch-backup", cache_policy=NO_CACHE, timeout_seconds=6 * 3600, **RETRY)
+def fetch_exactly(store: Storage, key: str, identity: AgeIdentity | None, dest: str) -> pipeline.VerifyResult:
+    """Stream this backup (no other) to dest, checking sha256 against its manifest and the snapshot's trailer."""
+    ids = [identity.identity.get_secret_value()] if identity else []
+    info = pipeline.fetch_snapshot(store, key, dest, ids)
+    get_run_logger().info("verified the digests of %s: %d raw bytes, sha256 %s", key, info.raw_size, info.raw_sha256)
+    return info
 
 
 @task(name="restore-in-scratch-etcd", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)

@@ -1,9 +1,12 @@
 """Shared pytest set-up: fixture libraries, and a guard that turns skips into failures in CI."""
 
 import os
+import tempfile
 
 # Retries stay on in tests, with short delays (seconds of backoff base).
 os.environ.setdefault("ETCD_BACKUP_RETRY_DELAY", "0.2")
+# Restore journals and reports of the test runs go to a temporary dir, not ~/.etcd-backup/reports.
+os.environ.setdefault("ETCD_BACKUP_REPORT_DIR", tempfile.mkdtemp(prefix="etcd-restore-reports-"))
 
 pytest_plugins = [
     "tests.fleet.fixtures",

@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
@@ -57,6 +58,25 @@ def artifacts(state) -> dict[str, str]:
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
     return {a.key: a.data for a in found}
+
+
+def task_runs(state, wait: float = 30.0) -> dict[str, object]:
+    """The flow run's task runs by name, as the UI lists them (read once their state events stop changing)."""
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    seen, deadline = None, time.monotonic() + wait
+    with get_client(sync_client=True) as client:
+        while True:
+            found = {r.name: r for r in client.read_task_runs(flow_run_filter=flow_run, limit=200)}
+            shape = sorted((name, r.state_type, r.run_count) for name, r in found.items())
+            if shape == seen or time.monotonic() > deadline:
+                return found
+            seen = shape
+            time.sleep(2)
+
+
+def planned_steps(plan_text: str) -> list[str]:
+    """The step names of a published plan (its `### <step>` headings)."""
+    return [line[4:].split(" *(")[0] for line in plan_text.splitlines() if line.startswith("### ")]
 
 
 def fleet_state(fleet) -> dict:

@@ -9,7 +9,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from blocks import EtcdCluster
+from blocks import EtcdCluster, LocalStorage
+from etcd_backup import pipeline
 from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
 from etcd_backup.diagnose import (
     HEALTHY,
@@ -20,9 +21,13 @@ from etcd_backup.diagnose import (
     QUORUM_LOST_FAILED,
     diagnose,
 )
-from etcd_backup.etcd import MemberInfo
+from etcd_backup.etcd import EtcdAccess, MemberInfo
 from etcd_backup.facts import FILE_KEYS, NodeFacts
+from etcd_backup.restore.facts import RestoreFacts
+from etcd_backup.storage.local import LocalStorage as LocalStore
 from flows.diagnose import diagnose_cluster, run_command
+from flows.restore_cluster import restore_cluster
+from flows.restore_member import restore_member
 
 NAMES = ("etcd1", "etcd2", "etcd3", "etcd4", "etcd5")
 
@@ -42,32 +47,40 @@ def ip(name: str) -> str:
     return f"10.0.0.{NAMES.index(name) + 1}"
 
 
-def healthy(name: str, **kw) -> NodeFacts:
+def restore_facts(base: NodeFacts) -> RestoreFacts:
+    """What the restore flows see of a node: its base facts and, when the file is there, a readable etcd.conf."""
+    return RestoreFacts(node=base, conf_text="ETCD_NAME=x\n" if base.files.get("etcd_conf") else None)
+
+
+def healthy(name: str, **kw) -> RestoreFacts:
     kw = {"etcd_active": True, **kw}
-    return NodeFacts(
-        name=name,
-        ip=ip(name),
-        reachable=True,
-        files=dict.fromkeys(FILE_KEYS, True),
-        etcd_version="3.5.1",
-        data_dir_present=True,
-        free_bytes=10 << 30,
-        **kw,
+    return restore_facts(
+        NodeFacts(
+            name=name,
+            ip=ip(name),
+            reachable=True,
+            files=dict.fromkeys(FILE_KEYS, True),
+            etcd_version="3.5.1",
+            data_dir_present=True,
+            free_bytes=10 << 30,
+            **kw,
+        )
     )
 
 
-def failed(name: str) -> NodeFacts:
+def failed(name: str) -> RestoreFacts:
     """etcd crashed and its data is damaged; the files are still there."""
     return healthy(name, etcd_active=False)
 
 
-def bare(name: str) -> NodeFacts:
+def bare(name: str) -> RestoreFacts:
     """A recreated machine with the same IP and nothing on it."""
-    return NodeFacts(name=name, ip=ip(name), reachable=True, files=dict.fromkeys(FILE_KEYS, False), free_bytes=10 << 30)
+    files = dict.fromkeys(FILE_KEYS, False)
+    return restore_facts(NodeFacts(name=name, ip=ip(name), reachable=True, files=files, free_bytes=10 << 30))
 
 
-def unreachable(name: str, error: str = "cannot reach root@x:22: NoValidConnectionsError") -> NodeFacts:
-    return NodeFacts(name=name, ip=ip(name), reachable=False, error=error)
+def unreachable(name: str, error: str = "cannot reach root@x:22: NoValidConnectionsError") -> RestoreFacts:
+    return restore_facts(NodeFacts(name=name, ip=ip(name), reachable=False, error=error))
 
 
 def health(*ok: str, size: int = 3) -> dict[str, str]:
@@ -354,3 +367,37 @@ def test_flow_names_3_2_2_when_quorum_is_lost_to_deleted_nodes(fleet, cluster_bl
     assert result["flow"] == "etcd-restore-cluster"
     assert result["parameters"] == {"retained_node": "etcd1", "backup": "latest"}
     assert [n["state"] for n in result["nodes"]] == ["no quorum", "bare", "bare"]
+
+
+@on_fleet
+def test_what_diagnose_recommends_the_flows_accept_in_a_dry_run(fleet, cluster_block, tmp_path):
+    pki = fleet.pki
+    access = EtcdAccess(
+        tuple(fleet.endpoints), ca=pki.ca.read_text(), cert=pki.cert.read_text(), key=pki.key.read_text()
+    )
+    pipeline.backup(access, LocalStore(tmp_path / "backups"), cluster_id="uk8s-diag")
+    storage = f"diag-{secrets.token_hex(4)}"
+    LocalStorage(directory=str(tmp_path / "backups")).save(storage)
+    etcd1, etcd2, etcd3 = fleet.nodes
+    with open(etcd1.path("/usr/bin/etcdctl"), "r+b") as f:  # etcd1 lost etcdctl (in place: a bind mount)
+        f.truncate(0)
+    fleet.fail_member(etcd2)
+    name = cluster_block()
+    kept = diagnose_cluster(name)  # quorum kept: etcd1 cannot be the source, etcd3 can
+    assert kept["case"] == "3.1.1" and kept["parameters"] == {"failed_node": "etcd2", "healthy_node": "etcd3"}, why(
+        kept
+    )
+    dry = restore_member(cluster=name, dry_run=True, return_state=True, **kept["parameters"])
+    assert dry.is_completed(), dry.message
+    fleet.fail_member(etcd3)
+    lost = diagnose_cluster(name)  # quorum lost: etcd1 still runs etcd but lacks etcdctl, so etcd2 is retained
+    assert lost["case"] == "3.1.2" and lost["parameters"] == {"retained_node": "etcd2", "backup": "latest"}, why(lost)
+    assert any("etcd1 cannot be the source of etcd files: it lacks etcdctl_bin" in f for f in lost["findings"])
+    dry = restore_cluster(
+        cluster=name,
+        storage=f"local-directory-storage/{storage}",
+        dry_run=True,
+        return_state=True,
+        **lost["parameters"],
+    )
+    assert dry.is_completed(), dry.message

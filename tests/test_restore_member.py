@@ -12,11 +12,15 @@ import json
 import os
 import secrets
 import shutil
+from pathlib import Path
 
 import pytest
 from prefect.flow_runs import resume_flow_run
 
+from blocks import EtcdCluster
 from flows.restore_member import restore_member
+from tests.fleet import fleet_net
+from tests.fleet.pki import host_domain
 from tests.restore_helpers import (
     artifacts,
     assert_control_plane,
@@ -108,8 +112,11 @@ def test_replace_a_failed_member_of_a_repaired_node(setup, etcd_version):
     apiserver = failed.path("/etc/kubernetes/apiserver").read_text()
     assert f"--advertise-address={failed.ip} \\" in apiserver  # the copied config keeps this node's IP
     report = artifacts(state)[result["report"]]
-    assert "succeeded" in report and "| etcd1 | remove | member remove" in report
-    assert "| etcd2 | start | start etcd | done |" in report and f"`etcd2=https://{failed.ip}:2380`" in report
+    assert (
+        "succeeded" in report
+        and f"| member remove {result['removed']} (etcd2) @ etcd1 | etcd1 | remove | done" in report
+    )
+    assert "| start etcd @ etcd2 | etcd2 | start | done |" in report and f"`etcd2=https://{failed.ip}:2380`" in report
 
 
 @pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
@@ -130,6 +137,40 @@ def test_replace_the_member_of_a_deleted_and_recreated_node_with_control_plane(s
     assert os.access(node.path("/usr/bin/etcd"), os.X_OK) and os.access(node.path("/usr/bin/etcdctl"), os.X_OK)
     assert node.path("/usr/lib/systemd/system/etcd.service").stat().st_size > 0
     assert any(line.endswith("enable --now etcd") for line in node.systemctl_log())
+
+
+@pytest.fixture
+def host_names(fleet):
+    """Names <node>.fleet<N>.test for the fleet's IPs in /etc/hosts (edited in place, put back afterwards)."""
+    hosts = Path("/etc/hosts")
+    original = hosts.read_text()
+    names = {node.name: f"{node.name}.{host_domain(fleet_net())}" for node in fleet.nodes}
+    lines = "".join(f"{node.ip} {names[node.name]}\n" for node in fleet.nodes)
+    with open(hosts, "a") as f:
+        f.write(lines)
+    try:
+        yield names
+    finally:
+        current = hosts.read_text().replace(lines, "")
+        with open(hosts, "r+") as f:  # in place: /etc/hosts may be a mount point
+            f.truncate(0)
+            f.write(current if current.strip() else original)
+
+
+def test_replace_a_member_when_the_block_names_its_endpoints_by_host_name(setup, host_names):
+    fleet = setup.fleet
+    spec = fleet.spec(CLUSTER_ID)
+    spec.endpoints = [f"https://{host_names[n.name]}:2379" for n in fleet.nodes]
+    EtcdCluster.from_spec(spec).save(setup.cluster, overwrite=True)
+    failed = fleet.node("etcd2")
+    fleet.fail_member(failed)
+    setup.put_when_healthy("while-down", 10, failed)
+    state = setup.run(failed_node="etcd2", confirm=True)
+    assert state.is_completed(), state.message
+    assert state.result()["removed"] and state.result()["healthy"] == "etcd1"
+    assert_replaced(setup, "etcd2")
+    report = artifacts(state)[state.result()["report"]]
+    assert f"`etcd2=https://{failed.ip}:2380`" in report
 
 
 # --- safety ----------------------------------------------------------------------------
@@ -205,7 +246,8 @@ def test_failure_after_member_remove_puts_the_node_back_and_a_rerun_only_adds(se
     before = fleet_state(fleet)["etcd2"]
     state = setup.run(failed_node="etcd2", healthy_node="etcd1", confirm=True)
     assert state.is_failed() and "injected failure of member add" in state.message
-    assert "etcd2 is no longer a member: run this flow again" in state.message
+    assert "etcd2 was removed from the member list and is NOT a member now" in state.message
+    assert "run etcd-restore-member again with failed_node=etcd2" in state.message
     after = fleet_state(fleet)["etcd2"]
     changed = [k for k in before if k not in ("systemctl", "var/lib") and before[k] != after.get(k)]
     assert not changed, changed[:5]

@@ -113,7 +113,7 @@ def test_membership_changes_come_last_after_every_undoable_preparation():
         "start",
         "check",
     ]
-    assert p.healthy == "etcd1" and p.remove_id == "45b4ced6b6a33ef5"
+    assert p.info["healthy"] == "etcd1" and p.info["remove_id"] == "45b4ced6b6a33ef5"
     assert {s.node for s in p.steps if s.phase in ("remove", "add")} == {"etcd1"}
     assert {s.node for s in p.steps if s.phase in ("stop", "refill", "configure", "set-aside", "start")} == {"etcd2"}
     (remove,) = runs(p, "remove")
@@ -124,7 +124,11 @@ def test_membership_changes_come_last_after_every_undoable_preparation():
     (add,) = runs(p, "add")
     assert "member add etcd2 --peer-urls=https://10.23.97.19:2380" in add and "unhealthy cluster" in add
     assert runs(p, "start") == ["systemctl enable --now etcd"]
-    assert [s for s in p.steps if s.phase == "remove"][0].undo == ()  # honest: cannot be undone
+    (remove_step,) = [s for s in p.steps if s.phase == "remove"]
+    assert remove_step.undo == () and remove_step.irreversible  # honest: cannot be undone
+    assert remove_step.name == "member remove 45b4ced6b6a33ef5 (etcd2) @ etcd1" and remove_step.repeatable
+    assert not [s for s in p.steps if s.phase == "add"][0].repeatable  # a second add would double-apply
+    assert [s.name for s in p.steps if s.phase == "check"] == ["wait healthy", "check member list", "count keys"]
 
 
 def test_runbook_files_are_copied_and_etcd_conf_rewritten_for_the_failed_node():
@@ -145,10 +149,11 @@ def test_runbook_files_are_copied_and_etcd_conf_rewritten_for_the_failed_node():
     assert "10.23.17.200" not in conf.replace(INITIAL, "")
     assert any("advertise-address=" in cmd and "10.23.97.19" in cmd for cmd in runs(p, "refill"))
     assert any(
-        cmd.startswith("if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.bak-20240101T000000Z")
+        "if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.bak-20240101T000000Z" in cmd
         for cmd in runs(p, "set-aside")
     )
     assert all(s.undo for s in p.steps if s.phase in ("refill", "configure", "set-aside", "add", "start"))
+    assert "copy /etc/kubernetes etcd1 -> etcd2" in [s.name for s in p.steps]
 
 
 def test_bare_recreated_node_has_no_etcd_to_stop_and_gets_the_control_plane():
@@ -165,14 +170,14 @@ def test_bare_recreated_node_has_no_etcd_to_stop_and_gets_the_control_plane():
 
 def test_member_removed_by_an_earlier_attempt_is_only_added():
     p = plan(member_list=members("etcd1", "etcd3"))
-    assert p.remove_id is None and "remove" not in dict(p.phases())
-    assert p.initial_cluster == INITIAL
+    assert p.info["remove_id"] is None and "remove" not in dict(p.phases())
+    assert p.info["initial_cluster"] == INITIAL
 
 
 def test_unstarted_member_of_an_earlier_attempt_is_matched_by_peer_url():
     left = MemberInfo(id=0xABC, name="", peer_urls=("https://10.23.97.19:2380",), client_urls=(), is_learner=False)
     p = plan(member_list=[*members("etcd1", "etcd3"), left])
-    assert p.remove_id == "abc"
+    assert p.info["remove_id"] == "abc"
 
 
 def test_refuses_when_quorum_is_lost_and_points_to_the_cluster_restore():
@@ -211,9 +216,9 @@ def test_refuses_an_unreachable_failed_node_or_unusable_healthy_node():
         plan(node_facts=stale)
     with pytest.raises(RestoreRefused, match="healthy node 'etcd2' is not another node"):
         plan(healthy="etcd2")
-    with pytest.raises(RestoreRefused, match="cannot use etcd3 as the healthy node: host key mismatch"):
+    with pytest.raises(RestoreRefused, match="cannot use etcd3 as the healthy node: not reachable.*host key mismatch"):
         plan(healthy="etcd3", node_facts=[facts("etcd1"), facts("etcd2"), facts("etcd3", reachable=False)])
-    assert plan(healthy="10.23.207.11").healthy == "etcd3"
+    assert plan(healthy="10.23.207.11").info["healthy"] == "etcd3"
 
 
 def test_refuses_a_member_list_that_does_not_match_the_block():
@@ -223,6 +228,20 @@ def test_refuses_a_member_list_that_does_not_match_the_block():
             member_list=[*members("etcd1", "etcd2", "etcd3"), odd],
             state={**health("etcd2"), "https://10.9.9.9:2379": "ok"},
         )
+
+
+def test_endpoints_written_as_host_names_are_matched_to_their_nodes(monkeypatch):
+    names = {f"master-{i}.example": ip for i, ip in enumerate(IPS.values(), 1)}
+    monkeypatch.setattr("etcd_backup.recovery.resolve", lambda host: frozenset({names.get(host, host)}))
+    by_name = {
+        f"https://{name}:2379": ("deadline exceeded" if ip == IPS["etcd2"] else "ok") for name, ip in names.items()
+    }
+    p = plan(state=by_name)
+    assert p.info["healthy"] == "etcd1" and p.info["remove_id"] == "45b4ced6b6a33ef5"
+    (remove,) = runs(p, "remove")
+    assert "ETCDCTL_ENDPOINTS=https://master-1.example:2379,https://master-3.example:2379" in remove
+    with pytest.raises(RestoreRefused, match="etcd2 answers health checks"):
+        plan(state=dict.fromkeys(by_name, "ok"))
 
 
 def _script(path, body: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from datetime import UTC, datetime
 
@@ -14,15 +15,11 @@ from etcd_backup.facts import FILE_KEYS, NodeFacts
 from etcd_backup.pipeline import VerifyResult
 from etcd_backup.restore import commands as c
 from etcd_backup.restore.actions import Run, Step
+from etcd_backup.restore.cluster import choose_retained, plan_cluster_restore, refuse_if_quorum
 from etcd_backup.restore.conf import rewrite_conf
-from etcd_backup.restore.executor import Executor
+from etcd_backup.restore.executor import Journal, Runner, undo_order
 from etcd_backup.restore.facts import RestoreFacts
-from etcd_backup.restore.plan import (
-    RestoreOptions,
-    choose_retained,
-    plan_cluster_restore,
-    refuse_if_quorum,
-)
+from etcd_backup.restore.plan import RestoreOptions
 from etcd_backup.restore.source import choose_backup
 from tests.factories import manifest as factory_manifest
 
@@ -93,6 +90,7 @@ def node_facts(
         k: files and kube
         for k in ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf", "ifcfg-lo:internal", "ifcfg-lo:external")
     }
+    cp["zstd"] = reachable
     units = ("kube-apiserver.service", "kube-scheduler.service") if files and kube else ()
     return RestoreFacts(
         node=base,
@@ -183,28 +181,30 @@ def test_retained_node_prefers_full_nodes_and_refuses_without_one():
     assert choose_retained(facts, "etcd1").name == "etcd1"
     with pytest.raises(RestoreRefused, match="lacks"):
         choose_retained(facts, "etcd3")
-    with pytest.raises(RestoreRefused, match="no reachable node"):
+    with pytest.raises(RestoreRefused, match="no node can be the source.*etcd2: not reachable"):
         choose_retained([node_facts("etcd1", files=False), node_facts("etcd2", reachable=False)])
 
 
 def test_whole_cluster_restore_is_refused_while_quorum_holds():
-    health = {"https://a:2379": "ok", "https://b:2379": "ok", "https://c:2379": "DEADLINE_EXCEEDED"}
+    a, b, cc = (f"https://{ip}:2379" for ip in IPS.values())
+    health = {a: "ok", b: "ok", cc: "DEADLINE_EXCEEDED"}
     with pytest.raises(RestoreRefused, match="etcd-restore-member"):
-        refuse_if_quorum(health, 3, force=False)
-    refuse_if_quorum(health, 3, force=True)
-    refuse_if_quorum({**health, "https://b:2379": "UNAVAILABLE"}, 3, force=False)
+        refuse_if_quorum(spec(), health, force=False)
+    refuse_if_quorum(spec(), health, force=True)
+    refuse_if_quorum(spec(), {**health, b: "UNAVAILABLE"}, force=False)
+    refuse_if_quorum(spec(), health, force=False, members=5)  # two of five members are no quorum
 
 
 # --- backup choice -----------------------------------------------------------------
 
 
-def backup(key_time: str, *, complete=True, legacy=False, cluster="uk8s-x", compression="zstd", manifest_cluster=None):
+def backup(key_time: str, *, complete=True, legacy=False, cluster="uk8s-x", compression="zstd", problem=None, mc=None):
     when = datetime.strptime(key_time, "%Y-%m-%dT%H-%M-%S").replace(tzinfo=UTC)
     ext = {"zstd": ".db.zst", "tar.gz": ".db.tar.gz", "none": ".db"}[compression]
     key = f"{cluster}-backup-etcd-3.5.1-{key_time}{ext}"
     manifest = None
-    if complete:
-        manifest = factory_manifest(key, cluster=manifest_cluster or cluster, size=1, created=when)
+    if complete or problem:
+        manifest = factory_manifest(key, cluster=mc or cluster, size=1, created=when)
     return Backup(
         key=key,
         cluster_id=cluster,
@@ -212,9 +212,10 @@ def backup(key_time: str, *, complete=True, legacy=False, cluster="uk8s-x", comp
         size=1,
         compression=compression,
         encrypted=False,
-        complete=complete,
+        complete=complete and not problem,
         legacy=legacy,
         manifest=manifest,
+        problem=problem,
     )
 
 
@@ -225,23 +226,40 @@ def test_latest_is_the_newest_complete_backup_else_the_newest_legacy_one():
         backup("2024-03-01T00-00-00", complete=False),
     )
     legacy = backup("2024-04-01T00-00-00", complete=False, legacy=True, compression="tar.gz")
-    assert choose_backup([old, new, partial, legacy], "uk8s-x").key == new.key
-    assert choose_backup([partial, legacy], "uk8s-x").key == legacy.key
+    choice = choose_backup([old, new, partial, legacy], "uk8s-x")
+    assert choice.backup.key == new.key
+    assert [k for k, _ in choice.skipped] == [legacy.key, partial.key]  # newest first, each with why
+    assert "upload still running" in dict(choice.skipped)[partial.key] and partial.key in choice.describe()
+    assert choose_backup([partial, legacy], "uk8s-x").backup.key == legacy.key
     with pytest.raises(RestoreRefused, match="no complete backup"):
         choose_backup([partial], "uk8s-x")
+
+
+def test_latest_refuses_when_a_newer_backup_fails_its_manifest_unless_allow_older():
+    old = backup("2024-01-01T00-00-00")
+    bad = backup("2024-02-01T00-00-00", problem="its size 7 differs from the 9 bytes its manifest records")
+    with pytest.raises(RestoreRefused) as refused:
+        choose_backup([old, bad], "uk8s-x")
+    message = refused.value.message
+    assert bad.key in message and "size 7 differs" in message and old.key in message and "allow_older" in message
+    choice = choose_backup([old, bad], "uk8s-x", allow_older=True)
+    assert choice.backup.key == old.key and choice.skipped == ((bad.key, bad.problem),)
 
 
 def test_a_named_backup_must_be_this_clusters_and_usable():
     ok, partial = backup("2024-01-01T00-00-00"), backup("2024-03-01T00-00-00", complete=False)
     plain = backup("2024-05-01T00-00-00", complete=False, compression="none")
-    assert choose_backup([ok, partial, plain], "uk8s-x", ok.key) is ok
-    assert choose_backup([ok, plain], "uk8s-x", plain.key) is plain
-    with pytest.raises(RestoreRefused, match="incomplete"):
+    truncated = backup("2024-06-01T00-00-00", problem="its size 1 differs from the 9 bytes its manifest records")
+    assert choose_backup([ok, partial, plain], "uk8s-x", ok.key).backup is ok
+    assert choose_backup([ok, plain], "uk8s-x", plain.key).backup is plain
+    with pytest.raises(RestoreRefused, match="has no manifest: an upload still running"):
         choose_backup([partial], "uk8s-x", partial.key)
+    with pytest.raises(RestoreRefused, match="is damaged: its size 1 differs from the 9 bytes"):
+        choose_backup([truncated], "uk8s-x", truncated.key)
     foreign = backup("2024-01-01T00-00-00", cluster="uk8s-other")
     with pytest.raises(RestoreRefused, match="not a backup of uk8s-x"):
         choose_backup([foreign], "uk8s-x", foreign.key)
-    renamed = backup("2024-01-01T00-00-00", manifest_cluster="uk8s-other")
+    renamed = backup("2024-01-01T00-00-00", mc="uk8s-other")
     with pytest.raises(BackupCorrupt, match="uk8s-other"):
         choose_backup([renamed], "uk8s-x", renamed.key)
 
@@ -251,17 +269,19 @@ def test_a_named_backup_must_be_this_clusters_and_usable():
 
 def test_plan_for_deleted_nodes_refills_them_and_restores_every_member():
     plan = plan_cluster_restore(spec(), deleted(), SNAP, None, "tok-1", OPTIONS)
-    assert plan.retained == "etcd1"
+    assert plan.info["retained"] == "etcd1" and plan.info["wire"] == "zstd"
     assert [p for p, _ in plan.phases()] == [
+        "upload",  # first: it touches nothing of etcd's, so it overlaps the last checks
         "stop",
         "refill",
         "configure",
         "set-aside",
-        "upload",
         "restore",
         "start",
         "check",
     ]
+    assert not any(s.destructive for s in plan.steps if s.phase == "upload")
+    assert all(s.undo and s.repeatable for s in plan.steps if s.phase == "upload")
     assert not [s for s in plan.for_node("etcd1") if s.phase == "refill"]
     refill = commands(plan, "etcd2", "refill")
     assert any("/etc/etcd" in cmd and "saved" in cmd for cmd in refill) and "systemctl daemon-reload" in refill
@@ -282,7 +302,8 @@ def test_plan_for_deleted_nodes_refills_them_and_restores_every_member():
         assert f"--initial-cluster={initial}" in restore and "--initial-cluster-token=tok-1" in restore
         assert "--data-dir=/var/lib/etcd/default.etcd" in restore and "--bump-revision" not in restore
         assert commands(plan, name, "set-aside") == [
-            "if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.bak-20240101T000000Z; fi && "
+            "mkdir -p /var/lib/etcd-restore-20240101T000000Z && if [ -e /var/lib/etcd ]; then mv /var/lib/etcd "
+            "/var/lib/etcd.bak-20240101T000000Z; else : > /var/lib/etcd-restore-20240101T000000Z/no-data-dir; fi && "
             "mkdir -p /var/lib/etcd"
         ]
         assert commands(plan, name, "start") == ["systemctl enable --now etcd"]
@@ -311,9 +332,10 @@ def test_plan_for_failed_members_keeps_their_files_and_restarts_apiservers():
     ]
     plan = plan_cluster_restore(spec(), facts, SNAP, "etcd1", "t", OPTIONS)
     assert not [s for s in plan.steps if s.phase == "refill"]
-    stop = [s for s in plan.for_node("etcd1") if s.phase == "stop"][0]
-    assert [a.cmd for a in stop.actions] == ["systemctl stop kube-apiserver", "systemctl stop etcd"]
-    assert stop.undo[0].cmd.startswith("timeout ") and stop.undo[1].cmd == "systemctl start kube-apiserver"
+    apiserver, etcd = [s for s in plan.for_node("etcd1") if s.phase == "stop"]
+    assert (apiserver.name, etcd.name) == ("stop kube-apiserver @ etcd1", "stop etcd @ etcd1")
+    assert [u.cmd for u in apiserver.undo] == ["systemctl start kube-apiserver"]
+    assert etcd.undo[0].cmd.startswith("timeout ") and etcd.repeatable
     assert commands(plan, "etcd1", "kubernetes") == [
         "systemctl start kube-apiserver",
         "systemctl restart kube-scheduler",
@@ -324,7 +346,7 @@ def test_plan_for_failed_members_keeps_their_files_and_restarts_apiservers():
 def test_plan_with_control_plane_runs_the_runbooks_last_step_on_rebuilt_nodes():
     plan = plan_cluster_restore(spec(), deleted(), SNAP, None, "t", RestoreOptions("r", restore_control_plane=True))
     cmds = commands(plan, "etcd3", "kubernetes")
-    assert f"sed -i 's/\\(advertise-address=\\).*\\( \\)/\\1{IPS['etcd3']}\\2/' /etc/kubernetes/apiserver" in cmds
+    assert c.set_advertise_address("/etc/kubernetes/apiserver", IPS["etcd3"]) in cmds
     assert "systemctl enable --now kube-apiserver kube-controller-manager kube-scheduler" in cmds
     assert cmds[-1] == "systemctl restart network"
     copied = {
@@ -388,7 +410,41 @@ def test_save_and_put_back_restore_files_trees_and_data_dirs(tmp_path):
     assert (tmp_path / "lib/etcd/default.etcd/member").is_dir() and not (tmp_path / "lib/etcd.bak-r1").exists()
 
 
-# --- executor: undo in reverse order -----------------------------------------------------
+@pytest.mark.parametrize(
+    "before,after",
+    [
+        (  # every flag on one line: the runbook's `.*` sed dropped --b=2
+            'KUBE_APISERVER_OPTS="--a=1 --advertise-address=10.0.0.1 --b=2 --v=2"\n',
+            'KUBE_APISERVER_OPTS="--a=1 --advertise-address=10.9.9.9 --b=2 --v=2"\n',
+        ),
+        (  # one flag per line
+            'KUBE_APISERVER_OPTS="--a=1 \\\n  --advertise-address=10.0.0.1 \\\n  --b=2"\n',
+            'KUBE_APISERVER_OPTS="--a=1 \\\n  --advertise-address=10.9.9.9 \\\n  --b=2"\n',
+        ),
+        ('OPTS="--advertise-address=10.0.0.1"\n', 'OPTS="--advertise-address=10.9.9.9"\n'),  # last before the quote
+    ],
+)
+def test_advertise_address_replaces_only_the_address(tmp_path, before, after):
+    conf = tmp_path / "apiserver"
+    conf.write_text(before)
+    sh(c.set_advertise_address(str(conf), "10.9.9.9"))
+    assert conf.read_text() == after
+    sh(c.set_advertise_address(str(conf), "10.9.9.9"))  # repeatable
+    assert conf.read_text() == after
+
+
+def test_put_back_data_is_repeatable_and_undoes_a_data_dir_that_did_not_exist(tmp_path):
+    data = str(tmp_path / "lib/etcd/default.etcd")
+    (tmp_path / "lib").mkdir()
+    sh(c.set_aside(data, "r2"))  # a bare node: nothing to move aside
+    (tmp_path / "lib/etcd/default.etcd/member").mkdir(parents=True)
+    for _ in range(2):
+        sh(c.put_back_data(data, "r2"))
+        assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == ["etcd-restore-r2"]
+    assert (tmp_path / "lib/etcd-restore-r2/restored-data/default.etcd/member").is_dir()
+
+
+# --- the step runner: journal and undo order ------------------------------------------
 
 
 class FakeNode:
@@ -401,20 +457,74 @@ class FakeNode:
             raise NodeError("exited 1", step="run", node=self.name)
 
 
-def test_executor_undoes_started_destructive_steps_newest_first():
+def test_runner_journals_each_step_and_the_undo_order_is_newest_first_per_phase(tmp_path):
     log: list = []
     nodes = {"a": FakeNode("a", log), "b": FakeNode("b", log, fail_on="restore b")}
-    phases = [
-        ("stop", [Step(n, "stop", "stop", (Run(f"stop {n}"),), True, (Run(f"start {n}"),)) for n in "ab"]),
-        ("set-aside", [Step(n, "set-aside", "aside", (Run(f"aside {n}"),), True, (Run(f"back {n}"),)) for n in "ab"]),
-        ("restore", [Step(n, "restore", "restore", (Run(f"restore {n}"),), True) for n in "ab"]),
-        ("start", [Step(n, "start", "start", (Run(f"go {n}"),), True, (Run(f"halt {n}"),)) for n in "ab"]),
+    runner = Runner(nodes, Journal(tmp_path / "run.jsonl"))
+    steps = [
+        *(Step(n, "stop", "stop", (Run(f"stop {n}"),), True, (Run(f"start {n}"),)) for n in "ab"),
+        *(Step(n, "set-aside", "aside", (Run(f"aside {n}"),), True, (Run(f"back {n}"),)) for n in "ab"),
+        Step("a", "restore", "restore", (Run("restore a"),), True),
+        Step("b", "restore", "restore", (Run("restore b"),), True),
+        Step("a", "remove", "remove", (Run("remove a"),), True, irreversible=True),
     ]
-    report = Executor(nodes, None).run(phases)
-    assert not report.ok and report.rolled_back
-    assert "[restore: restore on b]" in report.error
-    undo = [cmd for _, cmd in log if cmd.startswith(("start", "back", "halt"))]
-    assert sorted(undo[:2]) == ["back a", "back b"] and sorted(undo[2:]) == ["start a", "start b"]
-    assert not any(cmd.startswith("go") for _, cmd in log)
-    statuses = {(r.node, r.phase): r.status for r in report.results}
-    assert statuses[("b", "restore")] == "failed" and statuses[("a", "stop")] == "undone"
+    for step in steps[:5]:
+        runner.run(step)
+    with pytest.raises(NodeError, match="exited 1"):
+        runner.run(steps[5])
+    started = runner.journal.started(steps)
+    assert started == steps[:6] and runner.journal.failures(steps) == ["[restore @ b] [run on b] exited 1"]
+    groups = undo_order(started + [steps[6]])
+    assert [[s.name for s in g] for g in groups] == [["aside @ b", "aside @ a"], ["stop @ b", "stop @ a"]]
+    for group in groups:
+        for step in group:
+            runner.undo(step)
+    report = runner.journal.report("[restore @ b] exited 1", rolled_back=True)
+    statuses = {r.name: r.status for r in report.results}
+    assert statuses["restore @ b"] == "failed" and statuses["stop @ a"] == "undone"
+    assert statuses["restore @ a"] == "done"  # its effect goes with the set-aside undo
+    lines = (tmp_path / "run.jsonl").read_text().splitlines()
+    assert len(lines) == 6 * 2 + 4 and '"event": "undo"' in lines[-1]
+
+
+# --- the snapshot feed: one compressed stream for every node, a retry reads its own --------------------------
+
+
+def _read_all(reader, size=1 << 16) -> bytes:
+    out = bytearray()
+    while chunk := reader.read(size):
+        out += chunk
+    return bytes(out)
+
+
+def test_snapshot_feed_shares_one_stream_and_a_retry_reads_its_own(tmp_path):
+    import threading
+
+    from etcd_backup.restore.feed import SnapshotFeed
+
+    snapshot = tmp_path / "snapshot.db"
+    data = os.urandom(3 << 20).hex().encode()[: 5 << 20] + bytes(1 << 20)
+    snapshot.write_bytes(data)
+    feed = SnapshotFeed(str(snapshot), "zstd", ["a", "b", "c"], join_wait=5)
+    readers = {name: feed.open(name) for name in "abc"}
+    got: dict[str, bytes] = {}
+
+    def consume(name):
+        if name == "c":  # a node whose upload breaks after 1 MiB leaves the shared stream
+            readers[name].read(1 << 20)
+            readers[name].close()
+        else:
+            got[name] = _read_all(readers[name])
+
+    threads = [threading.Thread(target=consume, args=(name,)) for name in "abc"]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert not any(t.is_alive() for t in threads)
+    again = _read_all(feed.open("c"))  # its retry: a stream of its own
+    for wire in (got["a"], got["b"], again):
+        decoded = subprocess.run(["zstd", "-dqc"], input=wire, capture_output=True, check=True).stdout
+        assert decoded == data
+    assert len(got["a"]) < len(data) * 0.7
+    damaged = bytearray(again)
+    damaged[len(damaged) // 2] ^= 0x01  # zstd's content checksum catches a damaged copy on the node
+    assert subprocess.run(["zstd", "-dqc"], input=bytes(damaged), capture_output=True).returncode != 0

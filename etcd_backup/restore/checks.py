@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from etcd_backup import etcd
 from etcd_backup.cluster import ClusterSpec
@@ -52,3 +53,17 @@ def check_member(access: etcd.EtcdAccess, spec: ClusterSpec, name: str) -> list[
             f"member list is {lines}: expected every member started and {name}={peer}", step="check members", node=name
         )
     return lines
+
+
+def for_plan(
+    access: etcd.EtcdAccess, spec: ClusterSpec, failed: str | None = None, health_timeout: float = 180.0
+) -> dict[str, Callable[[float], object]]:
+    """The checks a plan's check steps name, each a callable(timeout) run from the flow process."""
+    found: dict[str, Callable[[float], object]] = {
+        "healthy": lambda timeout: wait_healthy(access, max(timeout, health_timeout)),
+        "members": lambda timeout: check_members(access, spec),
+        "data": lambda timeout: count_data(access),
+    }
+    if failed:
+        found["member"] = lambda timeout: check_member(access, spec, failed)
+    return found

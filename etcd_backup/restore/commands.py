@@ -72,18 +72,21 @@ def put_back_tree(path: str, run: str) -> str:
 
 
 def set_aside(data_dir: str, run_id: str) -> str:
-    """Move the data dir's home aside (never delete it) and make an empty one."""
-    home, aside = data_home(data_dir), aside_dir(data_dir, run_id)
-    return f"if [ -e {q(home)} ]; then mv {q(home)} {q(aside)}; fi && mkdir -p {q(home)}"
+    """Move the data dir's home aside (never delete it) and make an empty one; note when there was none."""
+    home, aside, run = data_home(data_dir), aside_dir(data_dir, run_id), run_dir(data_dir, run_id)
+    return (
+        f"mkdir -p {q(run)} && if [ -e {q(home)} ]; then mv {q(home)} {q(aside)}; "
+        f"else : > {q(run)}/no-data-dir; fi && mkdir -p {q(home)}"
+    )
 
 
 def put_back_data(data_dir: str, run_id: str) -> str:
-    """Undo of set_aside: move what the restore made into the run dir, then move the old data dir back."""
+    """Undo of set_aside: move what the restore made into the run dir, then the old data dir back (repeatable)."""
     home, aside, run = data_home(data_dir), aside_dir(data_dir, run_id), run_dir(data_dir, run_id)
+    made = f"if [ -e {q(home)} ]; then mkdir -p {q(run)} && mv {q(home)} {q(run)}/restored-data; fi"
     return (
-        f"if [ -e {q(aside)} ] || [ -e {q(home)} ]; then "
-        f"if [ -e {q(home)} ]; then mkdir -p {q(run)} && mv {q(home)} {q(run)}/restored-data; fi; "
-        f"if [ -e {q(aside)} ]; then mv {q(aside)} {q(home)}; fi; fi"
+        f"if [ -e {q(aside)} ]; then {made} && mv {q(aside)} {q(home)}; "
+        f"elif [ -e {q(run)}/no-data-dir ]; then {made} && rm -f {q(run)}/no-data-dir; fi"
     )
 
 
@@ -141,5 +144,6 @@ def restore_snapshot(
 
 
 def set_advertise_address(apiserver_conf: str, ip: str) -> str:
-    """The runbook's sed that puts the node's IP into --advertise-address."""
-    return f"sed -i 's/\\(advertise-address=\\).*\\( \\)/\\1{ip}\\2/' {q(apiserver_conf)}"
+    """Put the node's IP into --advertise-address, replacing only the address (flags on one line or one per line)."""
+    expr = f"s/\\(--advertise-address=\\)[^[:space:]\"'\\\\]*/\\1{ip}/g"
+    return f"sed -i {q(expr)} {q(apiserver_conf)}"

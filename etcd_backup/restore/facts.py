@@ -15,6 +15,7 @@ from etcd_backup.cluster import ClusterSpec, MasterNode, NodeLayout
 KUBE_SERVICES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CONTROL_PLANE_FILES = ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf")
 IFCFG = ("ifcfg-lo:internal", "ifcfg-lo:external")
+TOOLS = ("zstd",)  # optional tools a restore can use on the node (zstd: the snapshot travels compressed)
 
 _SCRIPT = """\
 f() {{ k=$1; shift; if "$@"; then echo "$k=1"; else echo "$k=0"; fi; }}
@@ -28,6 +29,7 @@ f kubeconfig test -s {kubeconfig}
 f apiserver_conf test -s {apiserver_conf}
 f ifcfg-lo:internal test -s {network}/ifcfg-lo:internal
 f ifcfg-lo:external test -s {network}/ifcfg-lo:external
+f zstd command -v zstd
 units() {{ cd {unit_dir} 2>/dev/null && for u in kube-*.service; do test -s "$u" && echo "$u"; done; }}
 echo "kube_units=$(units | tr '\\n' ' ')"
 """
@@ -86,7 +88,7 @@ def parse(base: facts.NodeFacts, output: str) -> RestoreFacts:
         conf_text=conf,
         etcd_enabled=values.get("etcd_enabled", "").strip() == "enabled",
         kube_active=tuple(u for u in KUBE_SERVICES if values.get(f"active.{u}", "").strip() == "active"),
-        files={k: values.get(k) == "1" for k in (*CONTROL_PLANE_FILES, *IFCFG)},
+        files={k: values.get(k) == "1" for k in (*CONTROL_PLANE_FILES, *IFCFG, *TOOLS)},
         kube_units=tuple(values.get("kube_units", "").split()),
     )
 

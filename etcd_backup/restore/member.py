@@ -12,46 +12,23 @@ runbook's ETCDCTL_* environment, so the plan shows the very commands of the runb
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 
+from etcd_backup import flow_names, recovery
 from etcd_backup.cluster import ClusterSpec, MasterNode
 from etcd_backup.discover import parse_env_file
 from etcd_backup.errors import ConfigError, RestoreRefused
 from etcd_backup.etcd import MemberInfo
 from etcd_backup.restore import commands as c
 from etcd_backup.restore import steps
-from etcd_backup.restore.actions import CLUSTER, Check, Run, Step
+from etcd_backup.restore.actions import Run, Step
 from etcd_backup.restore.conf import rewrite_conf
 from etcd_backup.restore.facts import RestoreFacts
-from etcd_backup.restore.plan import RestoreOptions, quorum_healthy
+from etcd_backup.restore.plan import Plan, RestoreOptions, order
 
 PHASES = ("stop", "refill", "configure", "set-aside", "remove", "add", "start", "check", "kubernetes")
 TRIES = 30  # membership changes are retried every 2 s while etcd gives one of these answers:
 TRANSIENT = ("unhealthy cluster", "request timed out", "leader changed", "no leader")
-RESTORE_CLUSTER = "etcd-restore-cluster"
-
-
-@dataclass(frozen=True)
-class MemberPlan:
-    """Every step of one member's replacement, in order, with the facts it was made from."""
-
-    cluster_id: str
-    failed: str
-    healthy: str
-    run_id: str
-    peer_url: str
-    remove_id: str | None
-    initial_cluster: str
-    steps: tuple[Step, ...]
-    notes: tuple[str, ...] = ()
-
-    def phases(self) -> list[tuple[str, list[Step]]]:
-        """(phase, its steps) in execution order, empty phases left out."""
-        return [(p, [s for s in self.steps if s.phase == p]) for p in PHASES if any(s.phase == p for s in self.steps)]
-
-    def for_node(self, name: str) -> list[Step]:
-        """The steps of one node, in order."""
-        return [s for s in self.steps if s.node == name]
+KIND = "member replacement"
 
 
 def failed_member(spec: ClusterSpec, node: MasterNode, members: list[MemberInfo]) -> MemberInfo | None:
@@ -68,24 +45,21 @@ def failed_member(spec: ClusterSpec, node: MasterNode, members: list[MemberInfo]
     return next(iter(found.values()), None)
 
 
-def _ok(spec: ClusterSpec, health: dict[str, str], node: MasterNode) -> bool:
-    return health.get(spec.client_url(node)) == "ok"
-
-
 def check_cluster(
     spec: ClusterSpec, node: MasterNode, members: list[MemberInfo] | None, health: dict[str, str]
 ) -> list[MemberInfo]:
     """Refuse unless quorum holds, the node has failed and the others keep quorum once it is re-added; the others."""
+    states = recovery.node_health(spec, health)
     count = len(members) if members else len(spec.nodes)
-    if members is None or not quorum_healthy(health, count):
-        ok = sorted(e for e, s in health.items() if s == "ok")
+    if members is None or not recovery.has_quorum(spec, health, count):
+        ok = recovery.healthy_nodes(spec, health)
         raise RestoreRefused(
             f"quorum is lost ({len(ok)} of {count} members answer{': ' if ok else ''}"
             f"{', '.join(ok)}); members cannot be replaced: restore the whole cluster from a "
-            f"backup with the flow {RESTORE_CLUSTER}",
+            f"backup with the flow {flow_names.RESTORE_CLUSTER}",
             step="check quorum",
         )
-    if _ok(spec, health, node):
+    if states[node.name] == recovery.OK:
         raise RestoreRefused(
             f"{node.name} answers health checks: its member has not failed; nothing to replace",
             step="check quorum",
@@ -102,11 +76,11 @@ def check_cluster(
                 "node of the cluster block; fix the member list or the block first",
                 step="check members",
             )
-    healthy = sum(1 for m in others if _ok(spec, health, by_name[m.name]))
+    healthy = sum(1 for m in others if states[m.name] == recovery.OK)
     if healthy <= (len(others) + 1) // 2:
         raise RestoreRefused(
             f"only {healthy} of the other {len(others)} members are healthy: adding {node.name} "
-            f"back would leave no quorum while it starts; use {RESTORE_CLUSTER}",
+            f"back would leave no quorum while it starts; use {flow_names.RESTORE_CLUSTER}",
             step="check quorum",
             node=node.name,
         )
@@ -121,35 +95,26 @@ def choose_healthy(
     wanted: str | None,
     control_plane: bool,
 ) -> RestoreFacts:
-    """The node to copy files from and run etcdctl on: the given one, or a healthy one with every file."""
-
-    def why_not(f: RestoreFacts) -> str | None:
-        if not f.node.reachable:
-            return f.node.error or "not reachable"
-        if not _ok(spec, health, spec.node(f.name)):
-            return "its etcd member is not healthy"
-        if f.missing:
-            return "it lacks " + ", ".join(f.missing)
-        if not f.conf_text:
-            return "cannot read its etcd.conf"
-        if control_plane and not f.has_control_plane:
-            return "restore_control_plane needs hyperkube, kubectl, ~/.kube, the apiserver config and kube-* units"
-        return None
-
+    """The node to copy files from and run etcdctl on: the given one, or the best healthy one (recovery rule)."""
+    healthy = {name: state == recovery.OK for name, state in recovery.node_health(spec, health).items()}
+    chosen, reasons = recovery.choose_source(
+        facts, wanted=wanted, exclude=(failed,), healthy=healthy, control_plane=control_plane
+    )
+    if chosen is not None:
+        return chosen
     if wanted:
-        f = next((f for f in facts if wanted in (f.name, f.node.ip)), None)
-        if f is None or f.name == failed:
+        known = next((f for f in facts if wanted in (f.name, f.node.ip) and f.name != failed), None)
+        if known is None:
             raise RestoreRefused(f"healthy node {wanted!r} is not another node of the cluster", step="choose healthy")
-        if why_not(f):
-            raise RestoreRefused(
-                f"cannot use {f.name} as the healthy node: {why_not(f)}", step="choose healthy", node=f.name
-            )
-        return f
-    fit = [f for f in facts if f.name != failed and not why_not(f)]
-    if not fit:
-        reasons = "; ".join(f"{f.name}: {why_not(f)}" for f in facts if f.name != failed)
-        raise RestoreRefused("no healthy node to copy files from: " + reasons, step="choose healthy")
-    return fit[0]
+        raise RestoreRefused(
+            f"cannot use {known.name} as the healthy node: {reasons[known.name]}",
+            step="choose healthy",
+            node=known.name,
+        )
+    raise RestoreRefused(
+        "no healthy node to copy files from: " + "; ".join(f"{n}: {why}" for n, why in reasons.items()),
+        step="choose healthy",
+    )
 
 
 def etcdctl(spec: ClusterSpec, endpoints: list[str], args: str) -> str:
@@ -186,20 +151,19 @@ def membership(
     peer = spec.peer_url(node)
     out = []
     if gone is not None:
+        remove = etcdctl(spec, endpoints, f"member remove {gone.hex_id}")
         out.append(
             Step(
                 healthy,
                 "remove",
                 f"member remove {gone.hex_id} ({node.name})",
-                (
-                    Run(
-                        retrying(etcdctl(spec, endpoints, f"member remove {gone.hex_id}"), done_if="member not found"),
-                        timeout=120,
-                    ),
-                ),
+                (Run(retrying(remove, done_if="member not found"), timeout=120),),
                 destructive=True,
-                note=f"cannot be undone: after a failure {node.name} stays out of the member list; "
-                "run the flow again to add it",
+                note=f"{node.name} was removed from the member list and is NOT a member now; its files and data "
+                f"dir were put back. Fix the cause, then run {flow_names.RESTORE_MEMBER} again with "
+                f"failed_node={node.name}: it will only add it",
+                repeatable=True,
+                irreversible=True,
             )
         )
     add = etcdctl(spec, endpoints, f"member add {shlex.quote(node.name)} --peer-urls={peer}")
@@ -216,44 +180,27 @@ def membership(
     return out
 
 
-def stop_etcd(f: RestoreFacts) -> Step | None:
+def stop_etcd(f: RestoreFacts) -> list[Step]:
     """Stop etcd on the failed node (so its binary can be replaced); undo starts it again if it ran."""
-    if not (f.node.files.get("unit") or f.node.etcd_active):
-        return None
-    undo = (Run(c.start_bounded("etcd"), timeout=c.START_WAIT + 60),) if f.node.etcd_active else ()
-    return Step(f.name, "stop", "stop etcd", (Run("systemctl stop etcd"),), destructive=True, undo=undo)
+    return [s for s in steps.stop(f) if s.title == "stop etcd"]
 
 
 def refill(f: RestoreFacts, source: RestoreFacts, spec: ClusterSpec, run: str, control_plane: bool) -> list[Step]:
     """Runbook step 3: etcd, etcdctl (etcdutl too where the source has it), /etc/etcd, /etc/kubernetes, the unit."""
     layout = spec.layout
-    items = [(layout.etcd_bin, False, True), (layout.etcdctl_bin, False, True)]
-    if source.node.files.get("etcdutl_bin"):
-        items.append((layout.etcdutl_bin, False, True))
-    items += [(layout.etcd_conf_dir, True, False), (layout.kubernetes_dir, True, False), (layout.unit, False, False)]
     out = [
-        steps.copy_step(
-            f.name,
-            "refill",
-            f"copy etcd files from {source.name}",
-            source.name,
-            items,
-            run,
-            after=("systemctl daemon-reload",),
-        )
+        steps.copy(f.name, "refill", source.name, layout.etcd_bin, run, binary=True),
+        steps.copy(f.name, "refill", source.name, layout.etcdctl_bin, run, binary=True),
+    ]
+    if source.node.files.get("etcdutl_bin"):
+        out.append(steps.copy(f.name, "refill", source.name, layout.etcdutl_bin, run, binary=True))
+    out += [
+        steps.copy(f.name, "refill", source.name, layout.etcd_conf_dir, run, tree=True),
+        steps.copy(f.name, "refill", source.name, layout.kubernetes_dir, run, tree=True),
+        steps.copy(f.name, "refill", source.name, layout.unit, run),
     ]
     if source.files.get("apiserver_conf") and not control_plane:  # the copy names the source's IP
-        sed = c.set_advertise_address(layout.apiserver_conf, spec.node(f.name).ip)
-        out.append(
-            Step(
-                f.name,
-                "refill",
-                "keep this node's IP as --advertise-address in the copied apiserver config",
-                (Run(c.save(layout.apiserver_conf, run)), Run(sed)),
-                destructive=True,
-                undo=(Run(c.put_back_file(layout.apiserver_conf, run)),),
-            )
-        )
+        out.append(steps.advertise_address(f.name, "refill", layout, spec.node(f.name).ip, run))
     return out
 
 
@@ -273,9 +220,9 @@ def member_conf(source: RestoreFacts, spec: ClusterSpec, node: MasterNode, initi
 
 def initial_cluster(spec: ClusterSpec, node: MasterNode, others: list[MemberInfo]) -> str:
     """ETCD_INITIAL_CLUSTER as `member add` prints it: the other members and the new one, in the block's order."""
-    order = {n.name: i for i, n in enumerate(spec.nodes)}
+    rank = {n.name: i for i, n in enumerate(spec.nodes)}
     entries = [(m.name, u) for m in others for u in m.peer_urls] + [(node.name, spec.peer_url(node))]
-    return ",".join(f"{name}={url}" for name, url in sorted(entries, key=lambda e: order.get(e[0], len(order))))
+    return ",".join(f"{name}={url}" for name, url in sorted(entries, key=lambda e: rank.get(e[0], len(rank))))
 
 
 def plan_member_replacement(
@@ -286,15 +233,9 @@ def plan_member_replacement(
     failed: str,
     healthy: str | None,
     options: RestoreOptions,
-) -> MemberPlan:
+) -> Plan:
     """The ordered steps that replace the failed node's member while quorum holds (runbook 3.1.1 / 3.2.1)."""
-    try:
-        node = spec.node(failed)
-    except ConfigError:
-        raise RestoreRefused(
-            f"{failed!r} is not a node of cluster {spec.cluster_id} (nodes: {', '.join(n.name for n in spec.nodes)})",
-            step="check nodes",
-        ) from None
+    node = _failed_node(spec, failed)
     others = check_cluster(spec, node, members, health)
     gone = failed_member(spec, node, members or [])
     f = next(x for x in facts if x.name == node.name)
@@ -307,32 +248,51 @@ def plan_member_replacement(
     source = choose_healthy(spec, facts, health, node.name, healthy, options.restore_control_plane)
     run, endpoints = c.run_dir(spec.layout.data_dir, options.run_id), [e for e, s in health.items() if s == "ok"]
     initial = initial_cluster(spec, node, others)
-    plan: list[Step | None] = [
-        stop_etcd(f),
+    planned: list = [
+        *stop_etcd(f),
         *refill(f, source, spec, run, options.restore_control_plane),
         steps.configure(f.name, spec.layout.etcd_conf, member_conf(source, spec, node, initial), run),
         steps.set_aside(f.name, spec.layout, options.run_id),
         *membership(spec, node, source.name, gone, endpoints),
         steps.start(f),
-        Step(
-            CLUSTER,
-            "check",
-            "every member started and healthy, the new member listed",
-            (Check("healthy"), Check("member"), Check("data")),
-        ),
+        *steps.checks(("healthy", "wait healthy"), ("member", "check member list"), ("data", "count keys")),
     ]
     if options.restore_control_plane:
-        plan += steps.control_plane(f, source, node.ip, spec.layout, run)
-    return MemberPlan(
+        planned += steps.control_plane(f, source, node.ip, spec.layout, run)
+    return _plan(spec, node, source, gone, initial, order(planned, PHASES), options)
+
+
+def _failed_node(spec: ClusterSpec, failed: str) -> MasterNode:
+    try:
+        return spec.node(failed)
+    except ConfigError:
+        raise RestoreRefused(
+            f"{failed!r} is not a node of cluster {spec.cluster_id} (nodes: {', '.join(n.name for n in spec.nodes)})",
+            step="check nodes",
+        ) from None
+
+
+def _plan(spec, node, source, gone, initial: str, ordered: tuple[Step, ...], options: RestoreOptions) -> Plan:
+    removed = f"`member remove {gone.hex_id}`" if gone else "not a member any more (no remove)"
+    run = c.run_dir(spec.layout.data_dir, options.run_id)
+    return Plan(
+        kind=KIND,
         cluster_id=spec.cluster_id,
-        failed=node.name,
-        healthy=source.name,
         run_id=options.run_id,
-        peer_url=spec.peer_url(node),
-        remove_id=gone.hex_id if gone else None,
-        initial_cluster=initial,
-        steps=tuple(s for s in plan if s is not None),
+        steps=ordered,
+        header=(
+            f"failed node **{node.name}** ({spec.peer_url(node)}): {removed}, then `member add`",
+            f"healthy node: **{source.name}**; run id `{options.run_id}`",
+            f"ETCD_INITIAL_CLUSTER: `{initial}`",
+        ),
         notes=_notes(node, source, gone, run, spec, options),
+        info={
+            "failed": node.name,
+            "healthy": source.name,
+            "remove_id": gone.hex_id if gone else None,
+            "peer_url": spec.peer_url(node),
+            "initial_cluster": initial,
+        },
     )
 
 

@@ -1,4 +1,8 @@
-"""Builders of the per-node steps every restore uses: stop, refill, configure, set aside, upload, restore, start."""
+"""Builders of the runbook steps both restores use: stop, copy, rewrite etcd.conf, set aside, upload, restore, start.
+
+Each step is one runbook step on one node, named as the runbook says it; copies are one
+step per path. Steps marked repeatable may retry after a transient error.
+"""
 
 from __future__ import annotations
 
@@ -6,97 +10,104 @@ import posixpath
 
 from etcd_backup.cluster import NodeLayout
 from etcd_backup.restore import commands as c
-from etcd_backup.restore.actions import Relay, Run, Step, Upload, Write
+from etcd_backup.restore.actions import CLUSTER, Check, Relay, Run, Step, Upload, Write
 from etcd_backup.restore.facts import IFCFG, KUBE_SERVICES, RestoreFacts
 
 BINARIES = ("etcd_bin", "etcdctl_bin", "etcdutl_bin")
 SNAPSHOT_NAME = "snapshot.db"
 
 
-def stop(f: RestoreFacts, layout: NodeLayout) -> Step | None:
-    """Stop kube-apiserver (where it runs) and etcd; undo starts again what ran before."""
-    actions, undo = [], []
+def stop(f: RestoreFacts) -> list[Step]:
+    """Stop kube-apiserver (where it runs) and etcd; each undo starts again what ran before."""
+    out = []
     if "kube-apiserver" in f.kube_active:
-        actions.append(Run("systemctl stop kube-apiserver"))
+        out.append(
+            Step(
+                f.name,
+                "stop",
+                "stop kube-apiserver",
+                (Run("systemctl stop kube-apiserver"),),
+                destructive=True,
+                undo=(Run("systemctl start kube-apiserver"),),
+                repeatable=True,
+            )
+        )
     if f.node.files.get("unit") or f.node.etcd_active:
-        actions.append(Run("systemctl stop etcd"))
-    if f.node.etcd_active:
-        undo.append(Run(c.start_bounded("etcd"), timeout=c.START_WAIT + 60))
-    if "kube-apiserver" in f.kube_active:
-        undo.append(Run("systemctl start kube-apiserver"))
-    if not actions:
-        return None
-    return Step(f.name, "stop", "stop kube-apiserver and etcd", tuple(actions), destructive=True, undo=tuple(undo))
+        start = (Run(c.start_bounded("etcd"), timeout=c.START_WAIT + 60),) if f.node.etcd_active else ()
+        out.append(
+            Step(
+                f.name,
+                "stop",
+                "stop etcd",
+                (Run("systemctl stop etcd"),),
+                destructive=True,
+                undo=start,
+                repeatable=True,
+            )
+        )
+    return out
 
 
-def refill(f: RestoreFacts, retained: RestoreFacts, layout: NodeLayout, run: str) -> Step | None:
+def copy(node: str, phase: str, source: str, path: str, run: str, *, tree: bool = False, binary: bool = False) -> Step:
+    """Copy one file or directory from the source node (relayed through the flow); undo puts the old one back.
+
+    The first copy of the node's own file is kept under the run dir, so the step can repeat.
+    """
+    actions: list = [Run(c.save(path, run)), Relay(source, path, path, tree=tree)]
+    if binary:
+        actions.append(Run(f"chmod 755 {c.q(path)}"))
+    undo = [Run(c.put_back_tree(path, run) if tree else c.put_back_file(path, run))]
+    if path.endswith(".service"):
+        actions.append(Run("systemctl daemon-reload"))
+        undo.append(Run("systemctl daemon-reload"))
+    return Step(
+        node,
+        phase,
+        f"copy {path} {source} -> {node}",
+        tuple(actions),
+        destructive=True,
+        undo=tuple(undo),
+        repeatable=True,
+    )
+
+
+def refill(f: RestoreFacts, retained: RestoreFacts, layout: NodeLayout, run: str) -> list[Step]:
     """Copy the etcd files the node lacks from the retained node (runbook 3.1.2 step 2); undo puts the old ones back."""
-    items: list[tuple[str, bool, bool]] = []  # (path, is a tree, is a binary)
+    steps = []
     for key in BINARIES:
         if key == "etcdutl_bin" and f.node.files.get("etcd_bin"):
             continue  # etcdutl only goes with the retained node's etcd, never next to another version
         if not f.node.files.get(key) and retained.node.files.get(key):
-            items.append((getattr(layout, key), False, True))
+            steps.append(copy(f.name, "refill", retained.name, getattr(layout, key), run, binary=True))
     if not f.node.files.get("etcd_conf"):
-        items.append((layout.etcd_conf_dir, True, False))
+        steps.append(copy(f.name, "refill", retained.name, layout.etcd_conf_dir, run, tree=True))
     if not (f.node.files.get("kubernetes_dir") and f.node.files.get("certs")):
-        items.append((layout.kubernetes_dir, True, False))
+        steps.append(copy(f.name, "refill", retained.name, layout.kubernetes_dir, run, tree=True))
     if not f.node.files.get("unit"):
-        items.append((layout.unit, False, False))
-    if not items:
-        return None
-    return copy_step(
-        f.name,
-        "refill",
-        "refill etcd files from " + retained.name,
-        retained.name,
-        items,
-        run,
-        after=("systemctl daemon-reload",) if not f.node.files.get("unit") else (),
-    )
-
-
-def copy_step(
-    node: str,
-    phase: str,
-    title: str,
-    source: str,
-    items: list[tuple[str, bool, bool]],
-    run: str,
-    after: tuple[str, ...] = (),
-) -> Step:
-    """A step that keeps copies of paths aside and relays them from source; undo puts the copies back."""
-    actions: list = []
-    undo: list[Run] = []
-    for path, tree, binary in items:
-        actions.append(Run(c.save(path, run)))
-        actions.append(Relay(source, path, path, tree=tree))
-        if binary:
-            actions.append(Run(f"chmod 755 {c.q(path)}"))
-        undo.insert(0, Run(c.put_back_tree(path, run) if tree else c.put_back_file(path, run)))
-    actions += [Run(cmd) for cmd in after]
-    undo += [Run(cmd) for cmd in after]
-    return Step(node, phase, title, tuple(actions), destructive=True, undo=tuple(undo))
+        steps.append(copy(f.name, "refill", retained.name, layout.unit, run))
+    return steps
 
 
 def configure(name: str, conf_path: str, text: str, run: str) -> Step:
-    """Keep etcd.conf aside and write the member's new one in place."""
+    """Keep etcd.conf aside and write the member's new one in place (repeatable: the first original is kept)."""
     return Step(
         name,
         "configure",
-        "write etcd.conf",
+        "rewrite etcd.conf",
         (Run(c.save(conf_path, run)), Write(conf_path, text)),
         destructive=True,
         undo=(Run(c.put_back_file(conf_path, run)),),
+        repeatable=True,
     )
 
 
 def set_aside(name: str, layout: NodeLayout, run_id: str) -> Step:
     """Move the data dir's home aside (runbook: rm -rf /var/lib/etcd; here never deleted) and make a new one."""
+    home = c.data_home(layout.data_dir)
     return Step(
         name,
         "set-aside",
-        f"move {c.data_home(layout.data_dir)} aside",
+        f"set aside {home}",
         (Run(c.set_aside(layout.data_dir, run_id)),),
         destructive=True,
         undo=(Run(c.put_back_data(layout.data_dir, run_id)),),
@@ -104,30 +115,31 @@ def set_aside(name: str, layout: NodeLayout, run_id: str) -> Step:
     )
 
 
-def upload(name: str, run: str, sha256: str) -> Step:
-    """Copy the verified snapshot into the node's run dir and check its sha256 there."""
+def upload(name: str, run: str, sha256: str, codec: str) -> Step:
+    """Copy the verified snapshot into the node's run dir (sha256 checked on the node as it writes); repeatable.
+
+    It changes nothing of etcd's; its undo removes the copy (a restore refused after it leaves nothing behind).
+    """
     path = posixpath.join(run, SNAPSHOT_NAME)
     return Step(
         name,
         "upload",
-        "copy the snapshot to the node",
-        (
-            Run(f"mkdir -p {c.q(run)}"),
-            Upload(path),
-            Run(f"echo {sha256}'  '{c.q(path)} | sha256sum -c --quiet -", timeout=600),
-        ),
+        "upload snapshot",
+        (Upload(path, sha256, codec),),
+        undo=(Run(f"rm -f {c.q(path)} && (rmdir {c.q(run)} 2>/dev/null || true)"),),
+        repeatable=True,
     )
 
 
 def restore(name: str, command: str) -> Step:
-    """Run `snapshot restore` into the (new, empty) data dir."""
+    """Run `snapshot restore` into the (new, empty) data dir; never repeated (the data dir is no longer empty)."""
     return Step(
         name,
         "restore",
         "snapshot restore",
         (Run(command, timeout=3600),),
         destructive=True,
-        note="undo: the set-aside undo moves the restored data dir into the run dir",
+        note="undone by the set-aside undo, which moves the restored data dir into the run dir",
     )
 
 
@@ -143,61 +155,84 @@ def start(f: RestoreFacts) -> Step:
         (Run("systemctl enable --now etcd", timeout=600),),
         destructive=True,
         undo=tuple(undo),
+        repeatable=True,
     )
 
 
-def restart_kube(f: RestoreFacts) -> Step:
+def checks(*names: tuple[str, str]) -> list[Step]:
+    """Checks run from the flow process, in order: (check name, step title), e.g. ('healthy', 'wait healthy')."""
+    return [Step(CLUSTER, "check", title, (Check(check),), repeatable=True) for check, title in names]
+
+
+def restart_kube(f: RestoreFacts) -> list[Step]:
     """Start kube-apiserver again and restart the controller-manager and scheduler that ran before the restore."""
-    cmds = ["systemctl start kube-apiserver"]
-    others = [u for u in KUBE_SERVICES[1:] if u in f.kube_active]
-    if others:
-        cmds.append("systemctl restart " + " ".join(others))
-    return Step(f.name, "kubernetes", "restart Kubernetes services", tuple(Run(cmd) for cmd in cmds))
-
-
-def control_plane(f: RestoreFacts, retained: RestoreFacts, ip: str, layout: NodeLayout, run: str) -> list[Step]:
-    """The runbook's last step on a rebuilt node: kube binaries, units, kubeconfig, advertise address, services, LB."""
-    units = [posixpath.join(layout.unit_dir, u) for u in retained.kube_units]
-    items = [
-        (layout.hyperkube, False, True),
-        *((u, False, False) for u in units),
-        (layout.kubectl, False, True),
-        (layout.kubeconfig_dir, True, False),
+    out = [
+        Step(f.name, "kubernetes", "start kube-apiserver", (Run("systemctl start kube-apiserver"),), repeatable=True)
     ]
-    files = copy_step(
-        f.name,
-        "kubernetes",
-        "copy Kubernetes binaries, units and kubeconfig from " + retained.name,
-        retained.name,
-        items,
-        run,
-        after=("systemctl daemon-reload",),
-    )
-    address = Step(
-        f.name,
-        "kubernetes",
-        "set --advertise-address in the apiserver config",
+    for unit in KUBE_SERVICES[1:]:
+        if unit in f.kube_active:
+            out.append(
+                Step(f.name, "kubernetes", f"restart {unit}", (Run(f"systemctl restart {unit}"),), repeatable=True)
+            )
+    return out
+
+
+def advertise_address(name: str, phase: str, layout: NodeLayout, ip: str, run: str) -> Step:
+    """Keep the apiserver config aside and set its --advertise-address to this node's IP (repeatable)."""
+    return Step(
+        name,
+        phase,
+        "set --advertise-address",
         (Run(c.save(layout.apiserver_conf, run)), Run(c.set_advertise_address(layout.apiserver_conf, ip))),
         destructive=True,
         undo=(Run(c.put_back_file(layout.apiserver_conf, run)),),
+        repeatable=True,
     )
+
+
+def control_plane(f: RestoreFacts, source: RestoreFacts, ip: str, layout: NodeLayout, run: str) -> list[Step]:
+    """The runbook's last step on a rebuilt node: kube binaries, units, kubeconfig, advertise address, services, LB."""
+    units = [posixpath.join(layout.unit_dir, u) for u in source.kube_units]
+    steps = [copy(f.name, "kubernetes", source.name, layout.hyperkube, run, binary=True)]
+    steps += [copy(f.name, "kubernetes", source.name, u, run) for u in units]
+    steps += [
+        copy(f.name, "kubernetes", source.name, layout.kubectl, run, binary=True),
+        copy(f.name, "kubernetes", source.name, layout.kubeconfig_dir, run, tree=True),
+        advertise_address(f.name, "kubernetes", layout, ip, run),
+    ]
     started = [u for u in KUBE_SERVICES if u not in f.kube_active]
-    services = Step(
-        f.name,
+    steps.append(
+        Step(
+            f.name,
+            "kubernetes",
+            "enable and start " + " ".join(KUBE_SERVICES),
+            (Run("systemctl enable --now " + " ".join(KUBE_SERVICES)),),
+            destructive=True,
+            undo=(Run("systemctl disable --now " + " ".join(started)),) if started else (),
+            repeatable=True,
+        )
+    )
+    ifcfg = [posixpath.join(layout.network_scripts, n) for n in IFCFG if source.files.get(n)]
+    if ifcfg:
+        steps.append(load_balancer(f.name, source.name, ifcfg, run))
+    return steps
+
+
+def load_balancer(node: str, source: str, paths: list[str], run: str) -> Step:
+    """Copy the load balancer's ifcfg-lo:* files and restart the network; undo puts the old ones back and restarts."""
+    actions: list = []
+    undo: list[Run] = []
+    for path in paths:
+        actions += [Run(c.save(path, run)), Relay(source, path, path)]
+        undo.append(Run(c.put_back_file(path, run)))
+    actions.append(Run("systemctl restart network"))
+    undo.append(Run("systemctl restart network"))
+    return Step(
+        node,
         "kubernetes",
-        "enable and start Kubernetes services",
-        (Run("systemctl enable --now " + " ".join(KUBE_SERVICES)),),
+        f"copy ifcfg-lo:* {source} -> {node} and restart network",
+        tuple(actions),
         destructive=True,
-        undo=(Run("systemctl disable --now " + " ".join(started)),) if started else (),
+        undo=tuple(undo),
+        repeatable=True,
     )
-    ifcfg = [(posixpath.join(layout.network_scripts, n), False, False) for n in IFCFG if retained.files.get(n)]
-    network = copy_step(
-        f.name,
-        "kubernetes",
-        "load balancer IPs (ifcfg-lo:*) and restart network",
-        retained.name,
-        ifcfg,
-        run,
-        after=("systemctl restart network",),
-    )
-    return [files, address, services, network]

@@ -45,8 +45,13 @@ def _pem_key(key) -> bytes:
     )
 
 
+def host_domain(net: int) -> str:
+    """The DNS domain the etcd certificate also covers (*.<domain>), for endpoints written as host names."""
+    return f"fleet{net}.test"
+
+
 def make_pki(directory: Path, net: int) -> Pki:
-    """Write ca.pem, ca-key.pem, etcd.pem and etcd-key.pem valid for every 127.0.<net>.x IP."""
+    """Write ca.pem, ca-key.pem, etcd.pem and etcd-key.pem valid for every 127.0.<net>.x IP and *.fleet<net>.test."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -57,7 +62,9 @@ def make_pki(directory: Path, net: int) -> Pki:
     )
     ips = {ipaddress.ip_address("127.0.0.1")}
     ips.update(ipaddress.ip_address(f"127.0.{net}.{host}") for host in range(1, 255))
-    sans = [x509.DNSName("localhost")] + [x509.IPAddress(ip) for ip in sorted(ips)]
+    sans = [x509.DNSName("localhost"), x509.DNSName(f"*.{host_domain(net)}")] + [
+        x509.IPAddress(ip) for ip in sorted(ips)
+    ]
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         _builder("etcd", ca_cert.subject, key.public_key())

@@ -10,16 +10,16 @@ CHUNK = 256 * 1024
 
 
 class TCPProxy:
-    """Relay 127.0.0.1:<free port> to target; `cut_after(n)` drops every connection after n bytes.
+    """Relay <listen_host>:<free port> to target; `cut_after(n)` drops every connection after n bytes.
 
     `when_relayed(n, action)` calls action once when n more bytes have been relayed (e.g. kill the
     server behind the relay in the middle of a transfer); `cut_after(n, stay_gone=False)` drops the
     connections of that moment only, and later connections are relayed again.
     """
 
-    def __init__(self, target_host: str, target_port: int):
+    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1"):
         self.target = (target_host, target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((listen_host, 0))
         self.port = self.listener.getsockname()[1]
         self.gone = False
         self.cuts = 0
