@@ -223,7 +223,7 @@ def test_corrupt_backup_is_refused_before_any_node_changes(setup):
     stored.write_bytes(bytes(data))
     before = fleet_state(fleet)
     state = setup.run(confirm=True)
-    assert state.is_failed() and "differs from its manifest" in state.message, state.message
+    assert state.is_failed() and f"[verify on {setup.record.key}]" in state.message, state.message
     assert fleet_state(fleet) == before
 
 
