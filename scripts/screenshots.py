@@ -11,7 +11,6 @@ docs/images/restore-graph.png and docs/images/restore-rolled-back.png. Not part 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from etcd_backup.storage.local import LocalStorage as LocalStore  # noqa: E402
 from flows.restore_cluster import restore_cluster  # noqa: E402
 from tests.fleet import fleet_net  # noqa: E402
 from tests.fleet.data import fill  # noqa: E402
+from tests.fleet.inject import fail_subcommand  # noqa: E402
 from tests.fleet.nodes import Fleet  # noqa: E402
 from tests.fleet.pki import make_pki  # noqa: E402
 
@@ -53,21 +53,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def fail_restore_on(node) -> None:
-    """Make `snapshot restore` fail on the node (the real etcdutl runs for everything else); others restore."""
-    real = node.path("/root/etcdutl.real")
-    shutil.copyfile(node.path("/usr/bin/etcdutl"), real)
-    real.chmod(0o755)
-    script = (
-        '#!/bin/sh\nif [ "$1" = snapshot ] && [ "$2" = restore ]; then\n'
-        '  sleep 1; echo "Error: snapshot file is damaged (injected for the screenshot)" >&2; exit 1\nfi\n'
-        'exec /root/etcdutl.real "$@"\n'
-    )
-    with open(node.path("/usr/bin/etcdutl"), "r+b") as f:  # in place: the path is a bind mount
-        f.truncate(0)
-        f.write(script.encode())
-
-
 def restores(fleet: Fleet, workdir: Path, api_url: str) -> list[str]:
     """Run the restore through and once rolled back; the flow run ids."""
     spec = fleet.spec("uk8s-f1wymalx")
@@ -84,7 +69,13 @@ def restores(fleet: Fleet, workdir: Path, api_url: str) -> list[str]:
         for fail in (False, True):
             fleet.lose_quorum("fail")
             if fail:
-                fail_restore_on(fleet.node("etcd3"))
+                fail_subcommand(
+                    fleet.node("etcd3"),
+                    "etcdutl",
+                    "snapshot restore",
+                    "Error: snapshot file is damaged (injected)",
+                    delay=1,
+                )
             state = restore_cluster(
                 cluster="prod", storage="local-directory-storage/prod", confirm=True, return_state=True
             )

@@ -1,10 +1,13 @@
-"""Records for unit tests: a manifest with plausible defaults, any field overridden."""
+"""Records for tests: a manifest, a cluster spec and a cluster block with plausible defaults."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
+from blocks import EtcdCluster
 from etcd_backup.catalog import Manifest, parse_key
+from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
 
 
 def manifest(key: str, **fields) -> Manifest:
@@ -27,3 +30,27 @@ def manifest(key: str, **fields) -> Manifest:
         compression=parsed.compression if parsed else "zstd",
     )
     return Manifest(**{**defaults, **fields})
+
+
+def cluster_spec(ips: dict[str, str], cluster_id: str = "uk8s-x") -> ClusterSpec:
+    """A ClusterSpec of master nodes named and addressed as in `ips`, with placeholder TLS and SSH secrets."""
+    return ClusterSpec(
+        cluster_id=cluster_id,
+        ca_pem="ca",
+        cert_pem="cert",
+        key_pem="key",
+        nodes=[MasterNode(name=n, ip=ip) for n, ip in ips.items()],
+        ssh=SSHAccess(private_key="k"),
+    )
+
+
+def cluster_block(cluster, cluster_id: str, **fields) -> EtcdCluster:
+    """An (unsaved) EtcdCluster block for a test etcd cluster: its endpoints and TLS files, any field overridden."""
+    defaults = dict(
+        cluster_id=cluster_id,
+        endpoints=list(cluster.endpoints),
+        ca_pem=Path(cluster.ca).read_text(),
+        cert_pem=Path(cluster.cert).read_text(),
+        key_pem=Path(cluster.key).read_text(),
+    )
+    return EtcdCluster(**{**defaults, **fields})

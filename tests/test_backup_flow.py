@@ -13,10 +13,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from blocks import EtcdCluster, LocalStorage, S3Storage, SSHServerStorage, UFileStorage, load_storage
+from blocks import LocalStorage, S3Storage, SSHServerStorage, UFileStorage, load_storage
 from etcd_backup import catalog, pipeline
 from etcd_backup.errors import EtcdUnavailable, StorageError
 from flows.backup import backup_etcd, list_backups, prune_backups
+from tests import factories
 from tests.fleet.data import fill
 from tests.prefect_fixtures import register_secret
 
@@ -36,13 +37,7 @@ def cluster_block(prefect_api, etcd_cluster):
     client.put("/registry/flow-test", b"value \x00\xff")
     client.close()
     name = _name("cluster")
-    EtcdCluster(
-        cluster_id=CLUSTER_ID,
-        endpoints=etcd_cluster.endpoints,
-        ca_pem=etcd_cluster.ca.read_text(),
-        cert_pem=etcd_cluster.cert.read_text(),
-        key_pem=etcd_cluster.key.read_text(),
-    ).save(name)
+    factories.cluster_block(etcd_cluster, CLUSTER_ID).save(name)
     return name, etcd_cluster
 
 
@@ -229,13 +224,7 @@ def test_failure_notifies_without_secrets(prefect_api, etcd_cluster, local_ref):
     )
     cluster = _name("down")
     key_pem = etcd_cluster.key.read_text()
-    EtcdCluster(
-        cluster_id=CLUSTER_ID,
-        endpoints=["https://127.0.0.1:1"],
-        ca_pem=etcd_cluster.ca.read_text(),
-        cert_pem=etcd_cluster.cert.read_text(),
-        key_pem=key_pem,
-    ).save(cluster)
+    factories.cluster_block(etcd_cluster, CLUSTER_ID, endpoints=["https://127.0.0.1:1"]).save(cluster)
     with pytest.raises(EtcdUnavailable):
         backup_etcd(cluster=cluster, storage=local_ref, notify=notify)
     server.shutdown()

@@ -12,6 +12,7 @@ import pytest
 
 from deployments.config import BackupSchedule, load_schedules
 from etcd_backup.errors import ConfigError
+from tests.factories import cluster_block
 from tests.servers.seaweedfs import free_port
 
 pytestmark = pytest.mark.backup
@@ -111,16 +112,10 @@ def _completed_runs(api: str, deployment: str) -> list[dict]:
 def test_served_deployment_fires_on_schedule(prefect_server, etcd_cluster, tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from blocks import EtcdCluster, LocalStorage
+    from blocks import LocalStorage
 
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
-        EtcdCluster(
-            cluster_id="uk8s-sched",
-            endpoints=etcd_cluster.endpoints,
-            ca_pem=etcd_cluster.ca.read_text(),
-            cert_pem=etcd_cluster.cert.read_text(),
-            key_pem=etcd_cluster.key.read_text(),
-        ).save("sched")
+        cluster_block(etcd_cluster, "uk8s-sched").save("sched")
         LocalStorage(directory=str(tmp_path / "backups")).save("sched")
     config = tmp_path / "backups.toml"
     config.write_text(

@@ -18,6 +18,7 @@ from flows.backup import backup_etcd, list_backups, prune_backups
 from flows.diagnose import diagnose_cluster
 from flows.failures import readable_failures
 from flows.safety import confirm_or_refuse
+from tests.factories import cluster_block
 
 pytestmark = pytest.mark.operator
 CLUSTER_ID = "uk8s-failures"
@@ -93,13 +94,7 @@ def test_local_storage_refuses_a_relative_path():
 
 def test_diagnose_logs_no_worker_thread_timeout_warning(prefect_api, etcd_cluster):
     name = "failures-diagnose"
-    EtcdCluster(
-        cluster_id=CLUSTER_ID,
-        endpoints=etcd_cluster.endpoints,
-        ca_pem=etcd_cluster.ca.read_text(),
-        cert_pem=etcd_cluster.cert.read_text(),
-        key_pem=etcd_cluster.key.read_text(),
-    ).save(name, overwrite=True)
+    cluster_block(etcd_cluster, CLUSTER_ID).save(name, overwrite=True)
     state = diagnose_cluster(cluster=name, return_state=True)
     assert state.is_completed(), state.message
     messages = [log.message for log in run_logs(state.state_details.flow_run_id)]
@@ -164,13 +159,7 @@ def test_the_confirmation_field_is_required_and_labelled(prefect_api):
 
 def test_retention_tiers_reach_the_flows(prefect_api, etcd_cluster, tmp_path):
     name = "failures-tiers"
-    EtcdCluster(
-        cluster_id="uk8s-tiers",
-        endpoints=etcd_cluster.endpoints,
-        ca_pem=etcd_cluster.ca.read_text(),
-        cert_pem=etcd_cluster.cert.read_text(),
-        key_pem=etcd_cluster.key.read_text(),
-    ).save(name, overwrite=True)
+    cluster_block(etcd_cluster, "uk8s-tiers").save(name, overwrite=True)
     LocalStorage(directory=str(tmp_path / "backups")).save(name, overwrite=True)
     storage = f"local-directory-storage/{name}"
     for _ in range(3):

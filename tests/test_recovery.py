@@ -13,7 +13,7 @@ import itertools
 import pytest
 
 from etcd_backup import flow_names, recovery
-from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
+from etcd_backup.cluster import ClusterSpec, MasterNode
 from etcd_backup.diagnose import HEALTHY, MANUAL, diagnose
 from etcd_backup.errors import RestoreRefused
 from etcd_backup.etcd import MemberInfo
@@ -23,18 +23,12 @@ from etcd_backup.restore.cluster import plan_cluster_restore, refuse_if_quorum
 from etcd_backup.restore.facts import RestoreFacts
 from etcd_backup.restore.member import plan_member_replacement
 from etcd_backup.restore.plan import RestoreOptions
+from tests.factories import cluster_spec
 
 pytestmark = pytest.mark.restore
 
 IPS = {"etcd1": "10.0.0.1", "etcd2": "10.0.0.2", "etcd3": "10.0.0.3"}
-SPEC = ClusterSpec(
-    cluster_id="uk8s-x",
-    ca_pem="ca",
-    cert_pem="cert",
-    key_pem="key",
-    nodes=[MasterNode(name=n, ip=ip) for n, ip in IPS.items()],
-    ssh=SSHAccess(private_key="k"),
-)
+SPEC = cluster_spec(IPS)
 SNAP = VerifyResult(
     key="uk8s-x-backup-etcd-3.5.1-2024-01-01T00-00-00.db", size=1, sha256="a", raw_size=1, raw_sha256="b"
 )

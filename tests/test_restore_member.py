@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from prefect.flow_runs import resume_flow_run
 from blocks import EtcdCluster
 from flows.restore_member import restore_member
 from tests.fleet import fleet_net
+from tests.fleet.inject import fail_subcommand, put_back
 from tests.fleet.pki import host_domain
 from tests.restore_helpers import (
     artifacts,
@@ -218,31 +218,11 @@ def test_dry_run_changes_nothing_then_the_confirmation_gate_works(setup):
     assert_replaced(setup, "etcd2")
 
 
-def _fail_member_add(node) -> None:
-    """Replace the node's etcdctl in place by a script that fails `member add` and runs the real one otherwise."""
-    real = node.path("/root/etcdctl.real")
-    shutil.copyfile(node.path("/usr/bin/etcdctl"), real)
-    real.chmod(0o755)
-    script = (
-        '#!/bin/sh\nif [ "$1" = member ] && [ "$2" = add ]; then\n'
-        '  echo "injected failure of member add" >&2; exit 1\nfi\nexec /root/etcdctl.real "$@"\n'
-    )
-    with open(node.path("/usr/bin/etcdctl"), "r+b") as f:  # in place: the path is a bind mount
-        f.truncate(0)
-        f.write(script.encode())
-
-
-def _put_back_etcdctl(node) -> None:
-    with open(node.path("/usr/bin/etcdctl"), "r+b") as f:
-        f.truncate(0)
-        f.write(node.path("/root/etcdctl.real").read_bytes())
-
-
 def test_failure_after_member_remove_puts_the_node_back_and_a_rerun_only_adds(setup):
     fleet = setup.fleet
     failed, healthy = fleet.node("etcd2"), fleet.node("etcd1")
     fleet.fail_member(failed)
-    _fail_member_add(healthy)
+    fail_subcommand(healthy, "etcdctl", "member add", "injected failure of member add")
     before = fleet_state(fleet)["etcd2"]
     state = setup.run(failed_node="etcd2", healthy_node="etcd1", confirm=True)
     assert state.is_failed() and "injected failure of member add" in state.message
@@ -257,7 +237,7 @@ def test_failure_after_member_remove_puts_the_node_back_and_a_rerun_only_adds(se
     members = json.loads(fleet.etcdctl("member", "list", "-w", "json").stdout)["members"]
     assert sorted(m["name"] for m in members) == ["etcd1", "etcd3"]
 
-    _put_back_etcdctl(healthy)
+    put_back(healthy, "etcdctl")
     again = setup.run(failed_node="etcd2", confirm=True)
     assert again.is_completed(), again.message
     assert again.result()["removed"] is None

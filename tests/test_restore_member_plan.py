@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
+from etcd_backup.cluster import ClusterSpec
 from etcd_backup.errors import RestoreRefused
 from etcd_backup.etcd import MemberInfo
 from etcd_backup.facts import FILE_KEYS, NodeFacts
@@ -12,6 +12,7 @@ from etcd_backup.restore.actions import Relay, Run, Write
 from etcd_backup.restore.facts import RestoreFacts
 from etcd_backup.restore.member import plan_member_replacement
 from etcd_backup.restore.plan import RestoreOptions
+from tests.factories import cluster_spec
 
 pytestmark = pytest.mark.restore
 
@@ -31,14 +32,7 @@ OPTIONS = RestoreOptions(run_id="20240101T000000Z")
 
 
 def spec() -> ClusterSpec:
-    return ClusterSpec(
-        cluster_id="uk8s-x",
-        ca_pem="ca",
-        cert_pem="cert",
-        key_pem="key",
-        nodes=[MasterNode(name=n, ip=ip) for n, ip in IPS.items()],
-        ssh=SSHAccess(private_key="k"),
-    )
+    return cluster_spec(IPS)
 
 
 def facts(name: str, *, files: bool = True, reachable: bool = True, active: bool = True) -> RestoreFacts:

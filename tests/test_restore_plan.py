@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from etcd_backup.catalog import Backup
-from etcd_backup.cluster import ClusterSpec, MasterNode, SSHAccess
+from etcd_backup.cluster import ClusterSpec
 from etcd_backup.errors import BackupCorrupt, NodeError, RestoreRefused
 from etcd_backup.facts import FILE_KEYS, NodeFacts
 from etcd_backup.pipeline import VerifyResult
@@ -21,6 +21,7 @@ from etcd_backup.restore.executor import Journal, Runner, undo_order
 from etcd_backup.restore.facts import RestoreFacts
 from etcd_backup.restore.plan import RestoreOptions
 from etcd_backup.restore.source import choose_backup
+from tests.factories import cluster_spec
 from tests.factories import manifest as factory_manifest
 
 pytestmark = pytest.mark.restore
@@ -51,14 +52,7 @@ OPTIONS = RestoreOptions(run_id="20240101T000000Z")
 
 
 def spec() -> ClusterSpec:
-    return ClusterSpec(
-        cluster_id="uk8s-x",
-        ca_pem="ca",
-        cert_pem="cert",
-        key_pem="key",
-        nodes=[MasterNode(name=n, ip=ip) for n, ip in IPS.items()],
-        ssh=SSHAccess(private_key="k"),
-    )
+    return cluster_spec(IPS)
 
 
 def node_facts(

@@ -15,13 +15,14 @@ import pytest
 import zstandard
 from pyrage import x25519
 
-from blocks import AgeIdentity, EtcdCluster, LocalStorage, load_storage
+from blocks import AgeIdentity, LocalStorage, load_storage
 from etcd_backup import catalog, pipeline
 from etcd_backup.errors import BackupCorrupt, ConfigError
 from etcd_backup.storage.local import LocalStorage as LocalStore
 from flows.backup import backup_etcd, list_backups
 from flows.verify import verify_backup
 from tests.bbolt import corrupt, mvcc_leaves, page_size
+from tests.factories import cluster_block
 from tests.fleet.data import fill
 from tests.prefect_fixtures import register_secret
 
@@ -35,13 +36,7 @@ def _name(prefix: str) -> str:
 
 def _cluster_block(cluster, cluster_id: str = CLUSTER_ID) -> str:
     name = _name("cluster")
-    EtcdCluster(
-        cluster_id=cluster_id,
-        endpoints=cluster.endpoints,
-        ca_pem=cluster.ca.read_text(),
-        cert_pem=cluster.cert.read_text(),
-        key_pem=cluster.key.read_text(),
-    ).save(name)
+    cluster_block(cluster, cluster_id).save(name)
     return name
 
 

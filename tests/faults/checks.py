@@ -9,11 +9,12 @@ from pathlib import Path
 
 from pyetcd import etcdrpc
 
-from blocks import EtcdCluster
+from blocks import UFileStorage as UFileBlock
 from etcd_backup import etcd
 from etcd_backup.catalog import list_backups, manifest_key
 from etcd_backup.pipeline import fetch_snapshot
 from etcd_backup.storage.base import Storage
+from tests.factories import cluster_block
 from tests.fleet.binaries import find_binaries
 from tests.snapshot_status import inspect_db
 
@@ -71,13 +72,7 @@ def assert_restorable(storage: Storage, cluster_id: str, keys: Iterable[str], wo
 def save_cluster(cluster, cluster_id: str, endpoints: Iterable[str] | None = None, **tls: str) -> str:
     """Save an EtcdCluster block for a test cluster (endpoints: the members, or relays); return its name."""
     name = f"faults-{secrets.token_hex(4)}"
-    EtcdCluster(
-        cluster_id=cluster_id,
-        endpoints=list(endpoints or cluster.endpoints),
-        ca_pem=tls.get("ca_pem") or Path(cluster.ca).read_text(),
-        cert_pem=tls.get("cert_pem") or Path(cluster.cert).read_text(),
-        key_pem=tls.get("key_pem") or Path(cluster.key).read_text(),
-    ).save(name)
+    cluster_block(cluster, cluster_id, endpoints=list(endpoints or cluster.endpoints), **tls).save(name)
     return name
 
 
@@ -104,3 +99,16 @@ def latest_artifact(key: str) -> str:
         return str(found[0].data) if found else ""
 
     return asyncio.run(read())
+
+
+def save_ufile_block(seaweedfs, proxy, bucket: str, **changes) -> str:
+    """Save a UFileStorage block for the bucket behind the UFile-rules proxy (fields overridable) and return its ref."""
+    fields = dict(
+        public_key=seaweedfs.access_key,
+        private_key=seaweedfs.secret_key,
+        region="cn-bj",
+        bucket=bucket,
+        prefix="backups",
+        endpoint_url=proxy.endpoint,
+    )
+    return save_block(UFileBlock(**{**fields, **changes}))

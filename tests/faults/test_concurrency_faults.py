@@ -13,11 +13,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from blocks import UFileStorage as UFileBlock
 from etcd_backup.catalog import list_backups
 from etcd_backup.pipeline import backup, fetch_snapshot
 from flows.backup import backup_etcd
-from tests.faults.checks import access_of, assert_restorable, backup_keys, key_digest, save_block, save_cluster, visible
+from tests.faults.checks import (
+    access_of,
+    assert_restorable,
+    backup_keys,
+    key_digest,
+    save_cluster,
+    save_ufile_block,
+    visible,
+)
 from tests.servers.fixtures import make_ufile
 
 pytestmark = [pytest.mark.faults, pytest.mark.backup]
@@ -40,16 +47,7 @@ def test_eight_clusters_backed_up_at_once_each_get_exactly_their_own_backup(
     bucket = seaweedfs.make_bucket()
     store = make_ufile(seaweedfs, bucket, ufile_proxy)
     bystander = backup(access_of(clusters[0]), store, cluster_id="uk8s-bystander").key  # never named by a flow
-    ref = save_block(
-        UFileBlock(
-            public_key=seaweedfs.access_key,
-            private_key=seaweedfs.secret_key,
-            region="cn-bj",
-            bucket=bucket,
-            prefix="backups",
-            endpoint_url=ufile_proxy.endpoint,
-        )
-    )
+    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket)
     blocks = [save_cluster(c, cluster_id) for cluster_id, c in zip(IDS, clusters, strict=True)]
 
     hour_ago = datetime.now(UTC) - timedelta(hours=1)

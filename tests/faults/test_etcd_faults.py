@@ -17,14 +17,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from blocks import LocalStorage as LocalBlock
-from blocks import UFileStorage as UFileBlock
 from etcd_backup import etcd
 from etcd_backup.catalog import list_backups
 from etcd_backup.errors import EtcdUnavailable
 from etcd_backup.pipeline import backup
 from etcd_backup.storage.local import LocalStorage
 from flows.backup import backup_etcd
-from tests.faults.checks import access_of, assert_restorable, backup_keys, key_digest, save_block, save_cluster, visible
+from tests.faults.checks import (
+    access_of,
+    assert_restorable,
+    backup_keys,
+    key_digest,
+    save_block,
+    save_cluster,
+    save_ufile_block,
+    visible,
+)
 from tests.fleet.data import fill
 from tests.fleet.pki import make_pki
 from tests.servers.fixtures import make_ufile
@@ -70,16 +78,7 @@ def test_source_member_killed_mid_snapshot_fails_over_to_one_good_backup(
     proxies, urls = relays(cluster)
     block = save_cluster(cluster, CLUSTER, endpoints=urls)
     bucket = seaweedfs.make_bucket()
-    ref = save_block(
-        UFileBlock(
-            public_key=seaweedfs.access_key,
-            private_key=seaweedfs.secret_key,
-            region="cn-bj",
-            bucket=bucket,
-            prefix="backups",
-            endpoint_url=ufile_proxy.endpoint,
-        )
-    )
+    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket)
     store = make_ufile(seaweedfs, bucket, ufile_proxy)
     earlier = backup(access_of(cluster), store, cluster_id=CLUSTER, compression="none", now=HOUR_AGO)
     before = key_digest(cluster)

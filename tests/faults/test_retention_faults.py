@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from blocks import LocalStorage as LocalBlock
-from blocks import UFileStorage as UFileBlock
 from etcd_backup.catalog import manifest_key
 from etcd_backup.errors import StorageError
 from etcd_backup.pipeline import backup
@@ -23,6 +22,7 @@ from tests.faults.checks import (
     latest_artifact,
     save_block,
     save_cluster,
+    save_ufile_block,
     visible,
 )
 from tests.servers.fixtures import make_ufile
@@ -48,16 +48,7 @@ def test_a_prune_stopped_between_manifest_and_object_is_finished_by_the_next_pru
     store = make_ufile(seaweedfs, bucket, ufile_proxy)
     oldest, older, newest = backups_at(small_etcd, store, [3, 2, 1])
     cluster = save_cluster(small_etcd, CLUSTER)
-    ref = save_block(
-        UFileBlock(
-            public_key=seaweedfs.access_key,
-            private_key=seaweedfs.secret_key,
-            region="cn-bj",
-            bucket=bucket,
-            prefix="backups",
-            endpoint_url=ufile_proxy.endpoint,
-        )
-    )
+    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket)
     fault = ufile_proxy.inject(Fault("status", frozenset({"delete"}), times=None, ending=f"/{oldest}"))
 
     with pytest.raises(StorageError):

@@ -10,12 +10,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from blocks import UFileStorage as UFileBlock
 from etcd_backup.errors import StorageError, TransientStorageError
 from etcd_backup.pipeline import backup
 from etcd_backup.storage.s3 import MiB, UFileStorage
 from flows.backup import backup_etcd
-from tests.faults.checks import access_of, assert_restorable, backup_keys, key_digest, save_block, save_cluster, visible
+from tests.faults.checks import (
+    access_of,
+    assert_restorable,
+    backup_keys,
+    key_digest,
+    save_cluster,
+    save_ufile_block,
+    visible,
+)
 from tests.servers.ufile_proxy import Fault
 
 pytestmark = [pytest.mark.faults, pytest.mark.storage]
@@ -134,24 +141,12 @@ def test_an_abandoned_upload_is_aborted_when_the_storage_closes(module_etcd, sea
     assert uploads(seaweedfs, bucket) == []
 
 
-def _block(seaweedfs, proxy, bucket, **changes) -> str:
-    fields = dict(
-        public_key=seaweedfs.access_key,
-        private_key=seaweedfs.secret_key,
-        region="cn-bj",
-        bucket=bucket,
-        prefix="backups",
-        endpoint_url=proxy.endpoint,
-    )
-    return save_block(UFileBlock(**{**fields, **changes}))
-
-
 def test_wrong_keys_fail_clearly_at_once_and_prune_nothing(
     prefect_api, module_etcd, seaweedfs, ufile_proxy, bucket, earlier, tmp_path
 ):
     cluster = save_cluster(module_etcd, CLUSTER)
     bad = "not-" + secrets.token_hex(8)
-    ref = _block(seaweedfs, ufile_proxy, bucket, private_key=bad)
+    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket, private_key=bad)
     with pytest.raises(StorageError) as failed:
         backup_etcd(cluster=cluster, storage=ref, keep=1)
     message = str(failed.value)
@@ -167,7 +162,7 @@ def test_a_missing_bucket_fails_clearly_and_is_not_created(prefect_api, module_e
     cluster = save_cluster(module_etcd, CLUSTER)
     missing = f"missing-{secrets.token_hex(4)}"
     with pytest.raises(StorageError, match=f"bucket {missing} does not exist") as failed:
-        backup_etcd(cluster=cluster, storage=_block(seaweedfs, ufile_proxy, missing), keep=1)
+        backup_etcd(cluster=cluster, storage=save_ufile_block(seaweedfs, ufile_proxy, missing), keep=1)
     assert not failed.value.transient
     assert missing not in {b["Name"] for b in seaweedfs.client().list_buckets()["Buckets"]}
 
@@ -208,7 +203,7 @@ def test_a_bucket_crowded_with_other_tools_objects_is_paged_and_left_alone(
     foreign = _fill_foreign(seaweedfs, bucket)
     assert len(foreign) == FOREIGN
     cluster = save_cluster(module_etcd, CLUSTER)
-    ref = _block(seaweedfs, ufile_proxy, bucket)
+    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket)
     ufile_proxy.requests.clear()
     first = backup_etcd(cluster=cluster, storage=ref, keep=2)
     pages = [r for r in ufile_proxy.requests if r.startswith(f"GET /{bucket}?") and "prefix=backups" in r]

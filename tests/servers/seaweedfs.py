@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import boto3
 import botocore.config
+
+from tests.servers.process import Served, stop_group
 
 WEED = (
     Path(sys.executable).with_name("weed")
@@ -44,7 +45,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-class SeaweedFS:
+class SeaweedFS(Served):
     """One `weed mini` process with only S3 (plus its internal services) on free ports."""
 
     def __init__(self, directory: str | None = None, access_key: str = "etcdbackup", secret_key: str | None = None):
@@ -116,21 +117,9 @@ class SeaweedFS:
 
     def stop(self) -> None:
         """Stop weed (its whole process group) and wait for it."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
         if getattr(self, "log", None):
             self.log.close()
-
-    def __enter__(self) -> SeaweedFS:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _ready(self) -> bool:
         try:

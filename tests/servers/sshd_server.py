@@ -11,13 +11,13 @@ import hashlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from tests.servers.process import Served, stop_group
 from tests.servers.seaweedfs import free_port
 
 SSHD = "/usr/sbin/sshd"
@@ -62,7 +62,7 @@ def _keygen(path: Path, comment: str) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
 
 
-class BackupSSHD:
+class BackupSSHD(Served):
     """sshd on 127.0.0.1:<free port>; `directory` is writable by the user, `readonly_directory` is not."""
 
     def __init__(self, base: str | None = None):
@@ -133,13 +133,7 @@ class BackupSSHD:
 
     def stop(self) -> None:
         """Stop sshd (and the sessions it forked)."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, grace=10)
         if getattr(self, "log", None):
             self.log.close()
 

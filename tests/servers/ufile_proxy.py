@@ -22,6 +22,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.servers.process import Served
+
 MiB = 1024 * 1024
 PART_SIZE = 8 * MiB
 HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade", "expect"}
@@ -65,7 +67,7 @@ def operation(method: str, path: str, query: dict) -> str:
     return {"PUT": "put", "GET": "get", "HEAD": "head", "DELETE": "delete"}.get(method, method.lower())
 
 
-class UFileProxy:
+class UFileProxy(Served):
     """Threaded proxy on 127.0.0.1:<free port> forwarding to upstream ('http://127.0.0.1:8333')."""
 
     def __init__(self, upstream: str, put_limit: int = 1024 * MiB, part_size: int = PART_SIZE, max_keys: int = 5000):
@@ -94,12 +96,6 @@ class UFileProxy:
         """Stop serving and close the listening socket."""
         self.server.shutdown()
         self.server.server_close()
-
-    def __enter__(self) -> UFileProxy:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Forget rejections and faults (between tests)."""
