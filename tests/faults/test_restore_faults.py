@@ -58,6 +58,32 @@ def wrap_restore(node, before: str) -> None:
         f.write(script.encode())
 
 
+HOLD = "touch /root/restoring; i=0; while [ ! -e /root/go ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done"
+
+
+def hold_restores(nodes, then) -> threading.Thread:
+    """Once every node's `snapshot restore` is held (wrap_restore(node, HOLD)), call then() and let them go on."""
+
+    def run() -> None:
+        wait_until(lambda: all(n.path("/root/restoring").exists() for n in nodes))
+        try:
+            then()
+        finally:
+            for n in nodes:
+                n.path("/root/go").touch()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def unhold(nodes) -> None:
+    """Remove the hold's own files."""
+    for n in nodes:
+        for name in ("restoring", "go"):
+            n.path(f"/root/{name}").unlink(missing_ok=True)
+
+
 def wait_for(directory: Path, text: str, timeout: float = 300) -> Path:
     """The journal in directory once it holds text."""
     deadline = time.monotonic() + timeout
@@ -136,11 +162,10 @@ def test_a_node_lost_mid_restore_is_rolled_back_elsewhere_and_by_its_script_ther
     setup = Setup(fleet, tmp_path)
     etcd3 = fleet.node("etcd3")
     fleet.lose_quorum("fail")
-    wrap_restore(etcd3, "touch /root/restoring; sleep 2")
+    wrap_restore(etcd3, HOLD)
     before = fleet_state(fleet)
     with relayed(setup, etcd3) as relay:
-        cut = threading.Thread(target=lambda: (wait_until(etcd3.path("/root/restoring").exists), relay.vanish()))
-        cut.start()
+        cut = hold_restores([etcd3], relay.vanish)
         state = setup.run(confirm=True)  # etcd3's SSH goes away while its `snapshot restore` runs
         cut.join()
         run_id = state.message.split("/var/lib/etcd-restore-")[1].split("/")[0]
@@ -153,16 +178,10 @@ def test_a_node_lost_mid_restore_is_rolled_back_elsewhere_and_by_its_script_ther
         assert_as_before({n: before[n] for n in ("etcd1", "etcd2")}, {n: after[n] for n in ("etcd1", "etcd2")})
         assert etcd3.path(f"{run}/unfinished").exists()
         assert etcd3.path(f"/var/lib/etcd.bak-{run_id}/default.etcd/member/snap/db").exists()  # the old data, kept
-
-        relay.heal()  # etcd3 answers again: the next run finds what the lost one left there
-        again = setup.run(confirm=True)
-        assert again.is_failed() and f"restore run {run_id} never finished on etcd3" in again.message
-        assert f"`sh {run}/rollback.sh` on etcd3" in again.message
-        assert f"`rm {run}/unfinished` on etcd3" in again.message
-        assert fleet_state(fleet) == after  # the refusal changed nothing
+        # what the next run would find there and say: the killed-flow case below
 
     etcd3.ssh(f"sh {run}/rollback.sh")  # the operator finishes the rollback where the flow could not
-    etcd3.path("/root/restoring").unlink()  # the fault's own trigger file
+    unhold([etcd3])
     assert_as_before(before, fleet_state(fleet))
     restorable(setup, tmp_path)
 
@@ -219,7 +238,7 @@ def test_the_flow_killed_mid_restore_is_found_by_the_next_run_which_restores_onc
     setup = Setup(fleet, tmp_path)
     fleet.lose_quorum("fail")
     for node in fleet.nodes:
-        wrap_restore(node, "sleep 3")
+        wrap_restore(node, HOLD)
     before = fleet_state(fleet)
     reports = tmp_path / "reports"
     env = {
@@ -232,9 +251,10 @@ def test_the_flow_killed_mid_restore_is_found_by_the_next_run_which_restores_onc
     script = f"from flows.restore_cluster import restore_cluster\n{call}\n"
     with open(tmp_path / "flow.log", "w") as log:
         flow = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
-        journal = wait_for(reports, begun("snapshot restore @ etcd3"))
-        flow.send_signal(signal.SIGKILL)
-        assert flow.wait(30) == -signal.SIGKILL
+        kill = hold_restores(fleet.nodes, lambda: flow.send_signal(signal.SIGKILL))  # while every node restores
+        assert flow.wait(300) == -signal.SIGKILL
+        kill.join()
+    journal = wait_for(reports, begun("snapshot restore @ etcd3"), timeout=5)
     wait_until(lambda: not restores_running(fleet))  # what the nodes were doing goes on without the flow
     run_id = journal.stem.rsplit("-", 1)[1]
     run = f"/var/lib/etcd-restore-{run_id}"
@@ -246,10 +266,11 @@ def test_the_flow_killed_mid_restore_is_found_by_the_next_run_which_restores_onc
         assert node.path(f"/var/lib/etcd.bak-{run_id}/default.etcd/member/snap/db").exists()
     left = fleet_state(fleet)
 
-    again = setup.run(confirm=True)
+    again = setup.run(dry_run=True)  # the next run, even a dry run, names what the killed one left and the ways out
     assert again.is_failed(), again.message
     assert f"restore run {run_id} never finished on etcd1, etcd2, etcd3" in again.message
     assert f"`sh {run}/rollback.sh` on etcd1, etcd2, etcd3" in again.message
+    assert f"`rm {run}/unfinished` on etcd1, etcd2, etcd3" in again.message
     assert fleet_state(fleet) == left  # refused before any change
 
     fleet.on_nodes(fleet.nodes, f"rm {run}/unfinished")  # keep the nodes as they are and restore again
