@@ -190,7 +190,7 @@ class Node:
     def _lost(self, cmd: str, exc: BaseException | None = None) -> NodeError:
         """The error of a command whose channel broke: transient when the connection itself went away."""
         why = f": {exc.__class__.__name__}: {exc}" if exc is not None else ""
-        if self._alive():
+        if self._alive() and not isinstance(exc, EOFError | ConnectionError):  # the transport may not know yet
             return self._error(f"`{_short(cmd)}` failed{why}", step="run")
         self.close()
         return self._error(f"`{_short(cmd)}` lost its SSH connection{why}", step="run", transient=True)

@@ -23,9 +23,11 @@ from prefect.utilities.annotations import allow_failure
 from blocks import EtcdCluster
 from etcd_backup.nodes import nodes_of
 from etcd_backup.restore import checks
+from etcd_backup.restore import commands as c
 from etcd_backup.restore.actions import Step, Upload
 from etcd_backup.restore.executor import ExecutionReport, Journal, Runner, undo_order
 from etcd_backup.restore.feed import SnapshotFeed
+from etcd_backup.restore.leftovers import NodeRecord, marker_text
 from etcd_backup.restore.plan import Plan
 from flows.restore_report import journal_path
 from tasks.steps import step_task, undo_task
@@ -47,9 +49,17 @@ def run_plan(
     uploads = [s.node for s in plan.steps if any(isinstance(a, Upload) for a in s.actions)]
     feed = SnapshotFeed(snapshot, plan.info.get("wire", "raw"), uploads) if snapshot else None
     found = checks.for_plan(cluster.access(timeout=5), spec, plan.info.get("failed"), health_timeout)
-    runner = Runner(nodes, Journal(journal_path(plan)), found, feed)
+    run, journal = c.run_dir(spec.layout.data_dir, plan.run_id), journal_path(plan)
+    marker = marker_text(run, plan.run_id, plan.cluster_id, str(journal), spec.layout.data_dir)
+    record = NodeRecord(run, plan.run_id, marker)
+    runner = Runner(nodes, Journal(journal), found, feed, record)
     try:
-        return execute(plan, runner, gate)
+        report = execute(plan, runner, gate)
+        report.unfinished = record.close(nodes, report.ok)  # where a rollback could not finish: the node's script
+        return report
+    except BaseException:
+        record.close(nodes, ok=False)
+        raise
     finally:
         for node in nodes.values():
             node.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from etcd_backup.cluster import ClusterSpec
@@ -213,6 +215,14 @@ def test_refuses_an_unreachable_failed_node_or_unusable_healthy_node():
     with pytest.raises(RestoreRefused, match="cannot use etcd3 as the healthy node: not reachable.*host key mismatch"):
         plan(healthy="etcd3", node_facts=[facts("etcd1"), facts("etcd2"), facts("etcd3", reachable=False)])
     assert plan(healthy="10.23.207.11").info["healthy"] == "etcd3"
+
+
+def test_refuses_while_a_node_holds_a_run_that_never_finished():
+    run = "/var/lib/etcd-restore-20231231T000000Z"
+    left = [facts("etcd1"), dataclasses.replace(facts("etcd2", active=False), unfinished=(run,)), facts("etcd3")]
+    refused = r"^\[check leftovers\] restore run 20231231T000000Z never finished on etcd2"
+    with pytest.raises(RestoreRefused, match=refused):
+        plan(node_facts=left)
 
 
 def test_refuses_a_member_list_that_does_not_match_the_block():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from datetime import UTC, datetime
@@ -17,9 +18,10 @@ from etcd_backup.restore import commands as c
 from etcd_backup.restore.actions import Run, Step
 from etcd_backup.restore.cluster import choose_retained, plan_cluster_restore, refuse_if_quorum
 from etcd_backup.restore.conf import rewrite_conf
-from etcd_backup.restore.executor import Journal, Runner, undo_order
+from etcd_backup.restore.executor import ExecutionReport, Journal, Runner, StepResult, undo_order
 from etcd_backup.restore.facts import RestoreFacts
 from etcd_backup.restore.plan import RestoreOptions
+from etcd_backup.restore.render import outcome
 from etcd_backup.restore.source import choose_backup
 from tests.factories import cluster_spec
 from tests.factories import manifest as factory_manifest
@@ -368,6 +370,33 @@ def test_plan_refuses_unreachable_nodes_and_small_disks():
     facts[2] = node_facts("etcd3", files=False, free=15 << 20)
     with pytest.raises(RestoreRefused, match="free disk"):
         plan_cluster_restore(spec(), facts, SNAP, None, "t", OPTIONS)
+
+
+def test_plan_refuses_while_a_node_holds_a_run_that_never_finished_and_names_both_ways_out():
+    run = "/var/lib/etcd-restore-20231231T000000Z"
+    facts = [dataclasses.replace(f, unfinished=(run,)) if f.name != "etcd2" else f for f in deleted()]
+    with pytest.raises(RestoreRefused) as refused:
+        plan_cluster_restore(spec(), facts, SNAP, None, "t", OPTIONS)
+    text = str(refused.value)
+    assert text.startswith("[check leftovers] ")
+    assert "restore run 20231231T000000Z never finished on etcd1, etcd3" in text
+    assert f"`sh {run}/rollback.sh` on etcd1, etcd3" in text and f"`rm {run}/unfinished` on etcd1, etcd3" in text
+    assert "/var/lib/etcd.bak-20231231T000000Z" in text  # where the old data dir is kept
+    plan_cluster_restore(spec(), deleted(), SNAP, None, "t", OPTIONS)  # without the marker: planned
+
+
+def test_outcome_tells_an_untouched_cluster_from_a_rollback_and_from_a_node_left_open():
+    upload = StepResult("upload snapshot @ etcd3", "etcd3", "upload", "upload snapshot", status="failed")
+    stop = StepResult("stop etcd @ etcd1", "etcd1", "stop", "stop etcd", destructive=True, status="undone")
+    assert (
+        outcome(ExecutionReport(ok=False, results=[upload], rolled_back=True)) == "FAILED before any node was changed"
+    )
+    assert outcome(ExecutionReport(ok=False, results=[upload, stop], rolled_back=True)) == "FAILED and was rolled back"
+    left = ExecutionReport(ok=False, results=[upload, stop], rolled_back=True, unfinished={"etcd3": "/r/rollback.sh"})
+    assert (
+        outcome(left)
+        == "FAILED and was NOT fully rolled back (finish it with `sh /r/rollback.sh` on etcd3 once it answers)"
+    )
 
 
 # --- commands run for real on a scratch tree --------------------------------------------

@@ -16,6 +16,7 @@ from etcd_backup.restore import commands as c
 from etcd_backup.restore import steps
 from etcd_backup.restore.conf import rewrite_conf
 from etcd_backup.restore.facts import RestoreFacts
+from etcd_backup.restore.leftovers import refuse_unfinished
 from etcd_backup.restore.plan import Plan, RestoreOptions, order
 
 PHASES = ("upload", "stop", "refill", "configure", "set-aside", "restore", "start", "check", "kubernetes")
@@ -118,6 +119,7 @@ def plan_cluster_restore(
 ) -> Plan:
     """The ordered steps that restore every member of the cluster from one snapshot (runbook 3.1.2 / 3.2.2)."""
     check_nodes(facts, snapshot)
+    refuse_unfinished(((f.name, f.unfinished) for f in facts), spec.layout.data_dir)
     keep = choose_retained(facts, retained)
     if options.restore_control_plane and not keep.has_control_plane:
         raise RestoreRefused(

@@ -4,7 +4,8 @@ The order of a run (phases in turn, nodes in parallel, undo newest first) belong
 flow, which runs each step as one Prefect task run calling `Runner.run` or `Runner.undo`.
 The journal is the run's own record of every step, kept in this process and appended to
 a local JSON-lines file as it changes: what ran and what must be undone is known
-without the Prefect API.
+without the Prefect API. The nodes keep their own record too (leftovers.NodeRecord): each
+step's undo commands, written before the step changes the node, for a run that never ends.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from etcd_backup.errors import EtcdBackupError, NodeError
 from etcd_backup.nodes import Node
 from etcd_backup.restore.actions import Check, Relay, Run, Step, Upload, Write
 from etcd_backup.restore.feed import SnapshotFeed
+from etcd_backup.restore.leftovers import NodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class StepResult:
     node: str
     phase: str
     title: str
+    destructive: bool = False
     status: str = "running"
     attempts: int = 0
     started: float = 0.0
@@ -53,6 +56,7 @@ class ExecutionReport:
     rollback_errors: list[str] = field(default_factory=list)
     checks: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
+    unfinished: dict[str, str] = field(default_factory=dict)  # node -> its rollback script, where the run stays open
 
 
 class Journal:
@@ -70,7 +74,9 @@ class Journal:
     def begin(self, step: Step) -> StepResult:
         """Record that a step (or its retry) starts."""
         with self._lock:
-            r = self._results.get(step.name) or StepResult(step.name, step.node, step.phase, step.title)
+            r = self._results.get(step.name) or StepResult(
+                step.name, step.node, step.phase, step.title, step.destructive
+            )
             self._results[step.name] = r
             r.status, r.error, r.attempts = "running", None, r.attempts + 1
             r.started = round(time.monotonic() - self._t0, 3)
@@ -154,8 +160,10 @@ class Runner:
         journal: Journal,
         checks: dict[str, Callable[[float], object]] | None = None,
         feed: SnapshotFeed | None = None,
+        record: NodeRecord | None = None,
     ):
         self.nodes, self.journal, self.checks, self.feed = nodes, journal, checks or {}, feed
+        self.record = record
 
     def run(self, step: Step, logger: logging.Logger | logging.LoggerAdapter | None = None) -> StepResult:
         """Do every action of the step; the journal records it; errors propagate (transient ones may be retried)."""
@@ -163,6 +171,8 @@ class Runner:
         self.journal.begin(step)
         t0 = time.monotonic()
         try:
+            if self.record is not None and step.node in self.nodes:
+                self.record.before(self.nodes[step.node], step)
             for action in step.actions:
                 logger.info("%s: %s", step.name, action.describe())
                 self._act(step, action)
@@ -180,6 +190,8 @@ class Runner:
             for action in step.undo:
                 logger.info("%s: %s", step.undo_name, action.describe())
                 self.nodes[step.node].run(action.cmd, timeout=action.timeout)
+            if self.record is not None:
+                self.record.undone(self.nodes[step.node], step)
         except Exception as exc:
             self.journal.undone(step, time.monotonic() - t0, message(exc))
             logger.error("%s failed: %s", step.undo_name, message(exc))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from etcd_backup import facts
 from etcd_backup.cluster import ClusterSpec, MasterNode, NodeLayout
+from etcd_backup.restore import commands as c
+from etcd_backup.restore.leftovers import MARKER
 
 KUBE_SERVICES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CONTROL_PLANE_FILES = ("hyperkube", "kubectl", "kubeconfig", "apiserver_conf")
@@ -32,6 +34,7 @@ f ifcfg-lo:external test -s {network}/ifcfg-lo:external
 f zstd command -v zstd
 units() {{ cd {unit_dir} 2>/dev/null && for u in kube-*.service; do test -s "$u" && echo "$u"; done; }}
 echo "kube_units=$(units | tr '\\n' ' ')"
+echo "unfinished=$(for d in {restore_home}/etcd-restore-*; do test -e "$d/{marker}" && printf '%s ' "$d"; done)"
 """
 
 
@@ -45,6 +48,7 @@ class RestoreFacts:
     kube_active: tuple[str, ...] = ()
     files: dict[str, bool] = field(default_factory=dict)
     kube_units: tuple[str, ...] = ()
+    unfinished: tuple[str, ...] = ()  # run dirs of restores that changed the node and never finished
 
     @property
     def name(self) -> str:
@@ -73,6 +77,8 @@ def script(layout: NodeLayout) -> str:
         apiserver_conf=shlex.quote(layout.apiserver_conf),
         network=shlex.quote(layout.network_scripts),
         unit_dir=shlex.quote(layout.unit_dir),
+        restore_home=shlex.quote(posixpath.dirname(c.data_home(layout.data_dir))),
+        marker=MARKER,
     )
 
 
@@ -90,6 +96,7 @@ def parse(base: facts.NodeFacts, output: str) -> RestoreFacts:
         kube_active=tuple(u for u in KUBE_SERVICES if values.get(f"active.{u}", "").strip() == "active"),
         files={k: values.get(k) == "1" for k in (*CONTROL_PLANE_FILES, *IFCFG, *TOOLS)},
         kube_units=tuple(values.get("kube_units", "").split()),
+        unfinished=tuple(values.get("unfinished", "").split()),
     )
 
 

@@ -23,6 +23,7 @@ from etcd_backup.restore import steps
 from etcd_backup.restore.actions import Run, Step
 from etcd_backup.restore.conf import rewrite_conf
 from etcd_backup.restore.facts import RestoreFacts
+from etcd_backup.restore.leftovers import refuse_unfinished
 from etcd_backup.restore.plan import Plan, RestoreOptions, order
 
 PHASES = ("stop", "refill", "configure", "set-aside", "remove", "add", "start", "check", "kubernetes")
@@ -245,6 +246,7 @@ def plan_member_replacement(
             step="check nodes",
             node=node.name,
         )
+    refuse_unfinished(((x.name, x.unfinished) for x in facts), spec.layout.data_dir)
     source = choose_healthy(spec, facts, health, node.name, healthy, options.restore_control_plane)
     run, endpoints = c.run_dir(spec.layout.data_dir, options.run_id), [e for e, s in health.items() if s == "ok"]
     initial = initial_cluster(spec, node, others)

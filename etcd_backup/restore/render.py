@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 from etcd_backup.restore.actions import Write
 from etcd_backup.restore.executor import ExecutionReport
+from etcd_backup.restore.leftovers import rollback_advice
 from etcd_backup.restore.plan import Plan
 
 
@@ -35,9 +36,16 @@ def plan_markdown(plan: Plan, title: str = "Plan") -> str:
 
 
 def outcome(report: ExecutionReport) -> str:
-    """'succeeded', 'FAILED and was rolled back', 'FAILED and was NOT fully rolled back' or 'FAILED'."""
+    """'succeeded', 'FAILED before any node was changed', 'FAILED and was [NOT fully] rolled back' or 'FAILED'."""
     if report.ok:
         return "succeeded"
+    if report.unfinished:
+        return f"FAILED and was NOT fully rolled back ({rollback_advice(report.unfinished)})"
+    if not any(r.destructive for r in report.results):
+        left = sorted({r.node for r in report.results if r.undo_error})
+        return "FAILED before any node was changed" + (
+            f" (its run dir on {', '.join(left)} could not be cleaned up)" if left else ""
+        )
     if report.rolled_back:
         return "FAILED and was NOT fully rolled back" if report.rollback_errors else "FAILED and was rolled back"
     return "FAILED"

@@ -50,6 +50,13 @@ class TCPProxy:
         with self._lock:
             self._trigger = (nbytes, action)
 
+    def vanish(self) -> None:
+        """Go away at once: drop every relayed connection and refuse new ones until heal()."""
+        with self._lock:
+            self.gone = True
+            self.cuts += 1
+        self._drop_all()
+
     def heal(self) -> None:
         """Come back: accept and relay again."""
         with self._lock:
