@@ -182,7 +182,7 @@ class ScratchEtcd:
         procs.kill(self.process.pid, timeout=5)
 
 
-def start_scratch(snapshot: Path, version: str, workdir: Path) -> ScratchEtcd:
+def start_scratch(snapshot: Path, version: str, workdir: Path, no_fsync: bool = True) -> ScratchEtcd:
     """`snapshot restore` into workdir/data (etcdutl on 3.5, etcdctl on 3.4) and start etcd on free ports."""
     binaries = find_binaries(version)
     client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
@@ -197,7 +197,7 @@ def start_scratch(snapshot: Path, version: str, workdir: Path) -> ScratchEtcd:
     argv = [binaries.etcd, "--name=scratch", f"--data-dir={data}", f"--listen-client-urls={client}"]
     argv += [f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}"]
     argv += [f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=scratch={peer}"]
-    if version.startswith("3.5"):
+    if no_fsync and version.startswith("3.5"):
         argv.append("--unsafe-no-fsync")  # a throw-away member: replay speed over durability
     process = procs.spawn(argv, workdir / "scratch.log")
     scratch = ScratchEtcd(process, data, etcd.EtcdAccess((client,), timeout=10))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -27,6 +29,7 @@ from etcd_backup.storage.local import LocalStorage
 from tests.continuous_helpers import WriteLoad, access_of, digest, revision_now, start_scratch
 from tests.fleet.binaries import find_binaries
 from tests.servers.fixtures import make_s3
+from tests.servers.tcp_proxy import TCPProxy
 
 pytestmark = [pytest.mark.continuous, pytest.mark.slow]
 CLUSTER = "uk8s-cont"
@@ -95,6 +98,7 @@ def _replay_and_compare(storage, access, version, tmp_path, to_revision=None, to
             scratch.access, storage, plan.segments, base_revision=base, to_revision=plan.target_revision, **kw
         )
         assert result.revision == plan.target_revision
+        print(f"replayed {result}")
         assert current_revision(scratch.access, scratch.endpoint) == plan.target_revision
         source = next(e for e in access.endpoints if _up(access, e))
         expected = digest(access, source, plan.target_revision)
@@ -116,10 +120,16 @@ def test_follow_then_replay_to_a_random_revision(make_etcd_cluster, etcd_version
     time.sleep(6)
     load.stop()
     run.drain_and_stop(access)
-    revisions = [r.revision for r in _all_revisions(storage)]
+    followed = _all_revisions(storage)
+    revisions = [r.revision for r in followed]
     assert revisions == list(range(run.backup.start_revision, revisions[-1] + 1))  # no gap, no duplicate
-    coverage = Catalog(storage, CLUSTER).coverage()
-    assert coverage.gaps == [] and coverage.incomplete == []
+    found = Catalog(storage, CLUSTER).coverage()
+    assert found.gaps == [] and found.incomplete == []
+    events = [e for r in followed for e in r.decoded()]
+    assert max(len(r.events) for r in followed) == 200  # a prefix delete: more than --max-txn-ops in one revision
+    assert any(e.type == records.PUT and e.kv.lease for e in events)
+    leased = {e.kv.key for e in events if e.type == records.PUT and e.kv.lease}
+    assert any(e.type == records.DELETE and e.kv.key in leased for e in events)  # expired or deleted
     target = random.Random(7).randint(record.revision, revisions[-1])
     print(f"etcd {etcd_version}: {len(revisions)} revisions followed, replaying {record.revision}..{target}")
     assert _replay_and_compare(storage, access, etcd_version, tmp_path, to_revision=target) == target
@@ -199,6 +209,63 @@ def test_failover_of_the_watched_member(make_etcd_cluster, etcd_version, tmp_pat
     assert {e for m in manifests for e in m.source_endpoints} - {watched}, "no segment came from another member"
     target = random.Random(11).randint(record.revision, revisions[-1])
     _replay_and_compare(storage, survivors, etcd_version, tmp_path, to_revision=target)
+
+
+def test_a_frozen_member_is_left_after_the_stall_timeout(make_etcd_cluster, tmp_path):
+    cluster = make_etcd_cluster(3)
+    access = access_of(cluster)
+    storage = LocalStorage(tmp_path / "store")
+    load = WriteLoad(access, seed=8).start()
+    run = Run(ContinuousBackup(access, storage, CLUSTER, start_revision=None, segment_seconds=0.5))
+    time.sleep(2)
+    watched = run.backup.follower.endpoint
+    load.avoid(watched)
+    process = cluster.members[cluster.endpoints.index(watched)].process
+    os.kill(process.pid, signal.SIGSTOP)  # alive, connected, silent
+    try:
+        deadline = time.monotonic() + 60
+        while run.backup.follower.endpoint in (watched, ""):
+            assert time.monotonic() < deadline, run.backup.lag()
+            time.sleep(0.2)
+        time.sleep(2)
+        load.stop()
+        survivors = [e for e in access.endpoints if e != watched]
+        run.drain_and_stop(etcd.EtcdAccess(tuple(survivors), ca=access.ca, cert=access.cert, key=access.key))
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert "no answer within" in run.backup.follower.state().last_error
+    revisions = [r.revision for r in _all_revisions(storage)]
+    assert revisions == list(range(run.backup.start_revision, revisions[-1] + 1))
+
+
+def test_storage_outage_fills_the_bounded_buffer_then_catches_up(make_etcd_cluster, seaweedfs, s3_bucket):
+    cluster = make_etcd_cluster(1)
+    access = access_of(cluster)
+    port = int(seaweedfs.endpoint.rsplit(":", 1)[1])
+    with TCPProxy("127.0.0.1", port) as proxy:
+        storage = make_s3(seaweedfs, s3_bucket, endpoint=f"http://127.0.0.1:{proxy.port}")
+        load = WriteLoad(access, seed=6, rate=300).start()
+        backup = ContinuousBackup(
+            access, storage, CLUSTER, start_revision=None, segment_seconds=0.3, segment_mb=0.05, buffer_mb=0.25
+        )
+        run = Run(backup)
+        pipeline.backup(access, storage, cluster_id=CLUSTER)
+        time.sleep(2)
+        proxy.cut_after(0)
+        lags = []
+        for _ in range(40):  # longer than the stall timeout: a blocked consumer is not a silent member
+            time.sleep(0.2)
+            lags.append(backup.lag())
+        assert max(lag.pending_bytes for lag in lags) <= 0.25 * 2**20 + 64 * 1024  # bounded: one revision over
+        assert lags[-1].upload_errors > 0 and lags[-1].last_error
+        assert lags[-1].revisions > lags[0].revisions > 0  # the lag grows visibly
+        proxy.heal()
+        load.stop()
+        run.drain_and_stop(access)
+    revisions = [r.revision for r in _all_revisions(storage)]
+    assert revisions == list(range(backup.start_revision, revisions[-1] + 1))
+    assert Catalog(storage, CLUSTER).coverage().gaps == []
+    assert run.summary.failovers == 0
 
 
 @BOTH

@@ -67,7 +67,7 @@ class Follower:
         self._sources = sources
         self._stop = threading.Event()
         self._call: grpc.Future | None = None
-        self._last_seen = 0.0
+        self._waiting_since: float | None = None  # when the follower began waiting for etcd (None: busy)
         self._next = start_revision
         self._cluster_revision = start_revision - 1
         self._endpoint = ""
@@ -155,7 +155,7 @@ class Follower:
     def _watch(self, endpoint: str) -> Iterator[Revision]:
         """Watch from the next revision on one member; yield its revisions until stopped or the stream breaks."""
         start = self._next
-        self._last_seen = time.monotonic()
+        self._waiting_since = time.monotonic()
         with etcd.channel(self.access, endpoint) as chan:
             call = etcdrpc.WatchStub(chan).Watch(self._requests(start), metadata=REQUIRE_LEADER)
             self._call, self._endpoint = call, endpoint
@@ -178,7 +178,8 @@ class Follower:
         create.MergeFromString(FRAGMENT_REQUEST)
         yield etcdrpc.WatchRequest(create_request=create)
         while not self._stop.wait(self.progress_interval):
-            if time.monotonic() - self._last_seen > self.stall_timeout:
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since > self.stall_timeout:
                 call = self._call
                 if call is not None:
                     call.cancel()
@@ -187,8 +188,7 @@ class Follower:
 
     def _responses(self, call, endpoint: str, start: int) -> Iterator[Revision]:
         pending: list = []
-        for resp in call:
-            self._last_seen = time.monotonic()
+        for resp in self._timed(call):
             self._check(resp, endpoint, start)
             if resp.created:
                 self.created.set()
@@ -205,6 +205,17 @@ class Follower:
             pending = []
             if resp.header.revision == self._next - 1:
                 self._current_at = time.time()
+
+    def _timed(self, call) -> Iterator:
+        """The stream's responses; only time spent waiting for etcd counts towards a stall, not the consumer's."""
+        while True:
+            self._waiting_since = time.monotonic()
+            try:
+                resp = next(call)
+            except StopIteration:
+                return
+            self._waiting_since = None
+            yield resp
 
     def _check(self, resp, endpoint: str, start: int) -> None:
         if resp.compact_revision:
