@@ -20,7 +20,7 @@ from etcd_backup.continuous.chain import Catalog, Segment, coverage, from_ns, li
 from etcd_backup.continuous.errors import SegmentCorrupt, StartCompacted
 from etcd_backup.continuous.names import format_segment_key, parse_segment_key
 from etcd_backup.continuous.prune import plan_segments
-from etcd_backup.continuous.replay import current_revision, replay
+from etcd_backup.continuous.replay import current_revision, replay, verify_segments
 from etcd_backup.continuous.runner import ContinuousBackup, start_point
 from etcd_backup.continuous.segment import load_segment
 from etcd_backup.continuous.watch import Follower
@@ -312,6 +312,10 @@ def test_missing_or_corrupt_segment_refuses_naming_it(make_etcd_cluster, tmp_pat
     assert gaps[0].unreachable_last == segments[-1].last_revision and missing.key not in str(gaps[0])
     with pytest.raises(SegmentCorrupt, match=f"{missing.first_revision}..{missing.last_revision}"):
         catalog.plan(to_revision=missing.last_revision + 1)
+    plan = catalog.plan(to_revision=corrupt.last_revision)
+    with pytest.raises(SegmentCorrupt) as caught:  # the dry run's check, nothing applied
+        verify_segments(storage, plan.segments, base_revision=plan.base_revision, to_revision=plan.target_revision)
+    assert caught.value.node == corrupt.key and "sha256" in str(caught.value)
     with pytest.raises(SegmentCorrupt) as caught:
         _replay_and_compare(storage, access, "3.5.1", tmp_path / "a", to_revision=corrupt.last_revision)
     assert caught.value.node == corrupt.key and "sha256" in str(caught.value)

@@ -72,14 +72,9 @@ def replay(
 ) -> ReplayResult:
     """Apply the segments' revisions base_revision+1..to_revision to target, one transaction per revision."""
     started = time.monotonic()
-    if to_revision < base_revision:
-        raise ConfigError(f"target revision {to_revision} is before the snapshot's {base_revision}", step="replay")
-    chosen = chain_for(sorted(segments, key=lambda s: (s.first_revision, s.last_revision)), base_revision, to_revision)
+    chosen, ids = _prepare(segments, base_revision, to_revision, identities)
     endpoint = target.endpoints[0]
     _expect_revision(target, endpoint, base_revision)
-    ids = parse_identities(identities) if any(s.encrypted for s in chosen) else []
-    if any(s.encrypted for s in chosen) and not ids:
-        raise ConfigError("the segments are encrypted; give an age identity to read them", step="replay")
     keeper = LeaseKeeper(target, endpoint)
     loader = _Loader(storage, chosen, ids)
     applier = _Applier(target, endpoint, keeper, base_revision, lease_ttl, max_txn_ops)
@@ -107,6 +102,37 @@ def replay(
         leases_kept=keeper.kept,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+def verify_segments(
+    storage: Storage,
+    segments: Sequence[Segment],
+    *,
+    base_revision: int,
+    to_revision: int,
+    identities: Iterable[str | bytes] = (),
+) -> list[SegmentManifest]:
+    """Read and check every segment replay would use (as replay does), applying nothing: for a dry run."""
+    chosen, ids = _prepare(segments, base_revision, to_revision, identities)
+    loader = _Loader(storage, chosen, ids)
+    try:
+        return [manifest for manifest, _ in loader]
+    finally:
+        loader.close()
+
+
+def _prepare(
+    segments: Sequence[Segment], base_revision: int, to_revision: int, identities: Iterable[str | bytes]
+) -> tuple[list[Segment], list]:
+    """The segments that carry base_revision+1..to_revision in order, and the parsed identities they need."""
+    if to_revision < base_revision:
+        raise ConfigError(f"target revision {to_revision} is before the snapshot's {base_revision}", step="replay")
+    chosen = chain_for(sorted(segments, key=lambda s: (s.first_revision, s.last_revision)), base_revision, to_revision)
+    encrypted = any(s.encrypted for s in chosen)
+    ids = parse_identities(identities) if encrypted else []
+    if encrypted and not ids:
+        raise ConfigError("the segments are encrypted; give an age identity to read them", step="replay")
+    return chosen, ids
 
 
 def current_revision(access: etcd.EtcdAccess, endpoint: str) -> int:

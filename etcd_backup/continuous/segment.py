@@ -106,13 +106,18 @@ def store_segment(
         source_endpoints=list(raw.endpoints),
         created=datetime.now(UTC),
     )
+    _put_with_manifest(storage, key, stored, manifest)
+    return manifest
+
+
+def _put_with_manifest(storage: Storage, key: str, stored: bytes, manifest: SegmentManifest) -> None:
+    """The object, then its manifest; the object is removed again when the manifest cannot be written."""
     storage.put(key, io.BytesIO(stored))
     try:
         storage.put(manifest_key(key), io.BytesIO(manifest.to_json()))
     except BaseException:
         _forget(storage, key)
         raise
-    return manifest
 
 
 def load_segment(storage: Storage, manifest: SegmentManifest, identities: list | None = None) -> bytes:
