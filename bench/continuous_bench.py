@@ -4,9 +4,11 @@ Run from the checkout:  FLEET_NET=20 .venv/bin/python -m bench.continuous_bench 
 Parts (default: all):
   catchup    N revisions already in etcd, followed from the first: our follower alone, our follower + segments
              uploaded to a local directory, and `etcdctl watch --rev` into a file (events per second each);
+  writer     the segment writer alone on synthetic revisions (the follower's downstream ceiling);
   sustained  a steady write load at rising rates: does the follower keep up (lag), its peak RSS;
   rpo        a steady load, the follower process SIGKILLed at random moments (>= 10 times, restarted each
              time from the last uploaded segment): acknowledged writes not yet uploaded at the kill (RPO);
+  rpo-cluster the same, but every etcd member is SIGKILLed (the follower then uploads what it received);
   requests   storage requests per hour under a steady load and idle (S3, SeaweedFS);
   replay     a full backup, 10,000 revisions after it: plain snapshot restore vs restore + replay to the last.
 Every follower runs in its own process (its peak RSS is its own); loads run in another process.
@@ -353,6 +355,34 @@ def _etcdctl_watch(bench: Bench, start: int, events: int, out: Path) -> float:
         proc.wait()
 
 
+def part_writer(workdir: Path, revisions: int) -> dict:
+    """The writer alone (no etcd): synthetic revisions as fast as add() takes them, into a local directory."""
+    from etcd_backup.continuous.records import Event, Revision
+    from etcd_backup.continuous.writer import SegmentWriter
+
+    rnd = random.Random(2)
+    values = [os.urandom(rnd.randint(100, 1500)) for _ in range(1000)]
+    batch = []
+    for n in range(1, 10_001):
+        event = Event(type=Event.PUT)
+        event.kv.key, event.kv.value, event.kv.mod_revision = b"/registry/pods/ns/p-%d" % n, values[n % 1000], n
+        batch.append(event.SerializeToString())
+    writer = SegmentWriter(LocalStorage(workdir / "store"), CLUSTER, segment_seconds=2.0).start()
+    began = time.monotonic()
+    for n in range(1, revisions + 1):
+        writer.add(Revision(n, time.time_ns(), (batch[n % 10_000],)))
+    added = time.monotonic() - began
+    writer.close()
+    total = time.monotonic() - began
+    return {
+        "revisions": revisions,
+        "add_events_per_s": round(revisions / added),
+        "add_and_upload_all_s": round(total, 2),
+        "uploads": writer.lag().uploads,
+        "peak_rss_mb": _rss_mb(),
+    }
+
+
 def part_sustained(workdir: Path, rates: list[int], seconds: float, version: str) -> list[dict]:
     """A steady load at each rate: the achieved rate, and the follower's lag and peak RSS."""
     bench = Bench(workdir, 1, version)
@@ -424,6 +454,41 @@ def part_rpo(workdir: Path, kills: int, rate: int, version: str) -> dict:
         return _rpo_figures(acks, kills_at, rate, version)
     finally:
         bench.close()
+
+
+def part_rpo_cluster(workdir: Path, kills: int, rate: int, version: str) -> dict:
+    """SIGKILL every member at random moments under load; the follower uploads what it got; measure what is missing."""
+    bench = Bench(workdir, 3, version, s3=True)
+    storage = bench.storage()
+    rnd = random.Random(2)
+    try:
+        pipeline.backup(bench.access, storage, cluster_id=CLUSTER)
+        acks_path = workdir / "rpo.acks"
+        load = bench.child("load", rate=rate, threads=4, acks=str(acks_path))
+        kills_at = []
+        for n in range(kills):
+            status = workdir / f"rpoc-{n}.status"
+            child = bench.child("follow", start=start_point(storage, CLUSTER).revision, status=str(status))
+            time.sleep(rnd.uniform(5, 12))
+            bench.cluster.stop()  # SIGKILL every member at once
+            killed = time.time()
+            _wait(lambda s=status, k=killed: _flushed_after(s, k), 60, "flush after the cluster died")
+            uploaded = max((s.last_revision for s in list_segments(storage, CLUSTER).complete), default=0)
+            kills_at.append((killed, uploaded))
+            child.send_signal(signal.SIGTERM)
+            child.wait(60)
+            bench.cluster.start()  # same members, same data dirs
+        load.send_signal(signal.SIGTERM)
+        load.wait(60)
+        return {**_rpo_figures(sorted(json.loads(acks_path.read_text())), kills_at, rate, version), "killed": "cluster"}
+    finally:
+        bench.close()
+
+
+def _flushed_after(status: Path, killed: float) -> bool:
+    """The follower reported, after the kill, that nothing waits for upload."""
+    last = _last_status(status)
+    return last.get("t", 0) > killed + 0.3 and last.get("pending_bytes", 1) == 0
 
 
 def _rpo_figures(acks: list, kills: list, rate: int, version: str) -> dict:
@@ -507,7 +572,7 @@ def part_replay(workdir: Path, revisions: int, version: str, keys: int, no_fsync
             scratch.stop()
         return {
             "etcd": version,
-            "scratch_fsync": not no_fsync,
+            "scratch_fsync": not (no_fsync and version.startswith("3.5")),
             "db_keys": keys,
             "backup_stored_mb": round(plan.backup.size / 2**20, 1),
             "revisions_replayed": result.revisions_applied,
@@ -569,10 +634,14 @@ def main() -> None:
             workdir = Path(tmp)
             if part == "catchup":
                 result = part_catchup(workdir, args.catchup_revisions, args.version)
+            elif part == "writer":
+                result = part_writer(workdir, args.catchup_revisions * 5)
             elif part == "sustained":
                 result = part_sustained(workdir, args.rates, args.seconds, args.version)
             elif part == "rpo":
                 result = part_rpo(workdir, args.kills, args.rpo_rate, args.version)
+            elif part == "rpo-cluster":
+                result = part_rpo_cluster(workdir, args.kills, args.rpo_rate, args.version)
             elif part == "requests":
                 result = part_requests(workdir, args.seconds * 3, args.rpo_rate, args.version)
             else:

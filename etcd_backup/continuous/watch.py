@@ -230,6 +230,13 @@ class Follower:
             )
         if resp.header.cluster_id:
             self._etcd_cluster_id = cluster_id
+        if resp.created and resp.header.revision < self._next - 1:  # a lagging member, or a cluster restored
+            raise WatchBroken(
+                f"member is at revision {resp.header.revision} but revisions up to {self._next - 1} were already "
+                "followed (lagging, or restored from an older snapshot)",
+                step="watch",
+                node=endpoint,
+            )
 
     def _split(self, events: list, received_ns: int, endpoint: str) -> Iterator[Revision]:
         """Group events by revision, drop revisions already yielded, refuse a skipped one."""
