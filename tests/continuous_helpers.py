@@ -1,0 +1,214 @@
+"""Helpers of the continuous backup tests: a write load, key digests, and a scratch etcd restored from a snapshot.
+
+The scratch etcd here is a stand-in until the shared scratch-etcd module replaces it: `snapshot restore`
+(etcdutl on 3.5, etcdctl on 3.4) into a fresh data dir, then one etcd member on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from pyetcd import etcdrpc
+
+from etcd_backup import etcd
+from tests.fleet import procs
+from tests.fleet.binaries import find_binaries
+
+
+def access_of(cluster, timeout: float = 5.0) -> etcd.EtcdAccess:
+    """EtcdAccess with the fleet's TLS material for every member of a test cluster."""
+    return etcd.EtcdAccess(
+        tuple(cluster.endpoints),
+        ca=cluster.ca.read_text(),
+        cert=cluster.cert.read_text(),
+        key=cluster.key.read_text(),
+        timeout=timeout,
+    )
+
+
+def digest(access: etcd.EtcdAccess, endpoint: str, revision: int = 0) -> tuple[str, int]:
+    """sha256 over every key, value, create/mod revision, version and lease at revision (0: now), and the count."""
+    h = hashlib.sha256()
+    count, start = 0, b"\0"
+    with etcd.channel(access, endpoint) as chan:
+        kv = etcdrpc.KVStub(chan)
+        while True:
+            request = etcdrpc.RangeRequest(key=start, range_end=b"\0", revision=revision, limit=500)
+            resp = kv.Range(request, timeout=30)
+            for item in resp.kvs:
+                for part in (item.key, item.value):
+                    h.update(len(part).to_bytes(8, "big") + part)
+                h.update(b"%d/%d/%d/%d;" % (item.create_revision, item.mod_revision, item.version, item.lease))
+                count += 1
+            if not resp.more or not resp.kvs:
+                return h.hexdigest(), count
+            start = resp.kvs[-1].key + b"\0"
+
+
+def revision_now(access: etcd.EtcdAccess, endpoint: str) -> int:
+    """The revision a member reports now."""
+    with etcd.channel(access, endpoint) as chan:
+        request = etcdrpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True)
+        return etcdrpc.KVStub(chan).Range(request, timeout=10).header.revision
+
+
+@dataclass
+class WriteLoad:
+    """A steady mixed write load on a thread: puts, updates of the same keys, deletes, multi-key transactions,
+    keys on short leases that expire, and now and then a prefix delete of 200 keys in one revision."""
+
+    access: etcd.EtcdAccess
+    rate: float = 200.0  # operations per second, about
+    lease_ttl: int = 5
+    seed: int = 0
+    acked: list[tuple[int, float]] = field(default_factory=list)  # (revision, time.time() when etcd answered)
+    errors: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> WriteLoad:
+        self._thread = threading.Thread(target=self._run, name="write-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+
+    def avoid(self, endpoint: str) -> None:
+        """Stop sending to endpoint (before it is killed)."""
+        self._avoid = endpoint
+
+    def _run(self) -> None:
+        rnd = random.Random(self.seed)
+        self._avoid = ""
+        n = 0
+        while not self._stop.is_set():
+            endpoint = next(e for e in self._order(n) if e != self._avoid)
+            try:
+                with etcd.channel(self.access, endpoint) as chan:
+                    kv, lease = etcdrpc.KVStub(chan), etcdrpc.LeaseStub(chan)
+                    while not self._stop.is_set() and endpoint != self._avoid:
+                        n += 1
+                        self._one(rnd, kv, lease, n)
+                        time.sleep(1 / self.rate)
+            except grpc.RpcError:
+                self.errors += 1
+                time.sleep(0.2)
+
+    def _order(self, n: int) -> list[str]:
+        endpoints = list(self.access.endpoints)
+        return endpoints[n % len(endpoints) :] + endpoints[: n % len(endpoints)]
+
+    def _one(self, rnd: random.Random, kv, lease, n: int) -> None:
+        choice = rnd.random()
+        if n % 500 == 250:
+            self._prefix_round(kv, n)
+            return
+        if choice < 0.35:
+            resp = kv.Put(_put(f"/registry/pods/default/pod-{rnd.randrange(300):04d}", rnd), timeout=5)
+        elif choice < 0.55:
+            resp = kv.Put(_put(f"/registry/configmaps/kube-system/cm-{rnd.randrange(20)}", rnd), timeout=5)
+        elif choice < 0.7:
+            key = f"/registry/pods/default/pod-{rnd.randrange(300):04d}".encode()
+            resp = kv.DeleteRange(etcdrpc.DeleteRangeRequest(key=key), timeout=5)
+        elif choice < 0.85:
+            ops = [
+                etcdrpc.RequestOp(request_put=_put(f"/registry/deployments/app-{n}-{k}", rnd))
+                for k in range(rnd.randint(2, 5))
+            ]
+            resp = kv.Txn(etcdrpc.TxnRequest(success=ops), timeout=5)
+        else:
+            granted = lease.LeaseGrant(etcdrpc.LeaseGrantRequest(TTL=self.lease_ttl), timeout=5)
+            ops = [
+                etcdrpc.RequestOp(request_put=_put(f"/registry/events/default/ev-{n}-{k}", rnd, granted.ID))
+                for k in range(rnd.randint(1, 3))
+            ]
+            resp = kv.Txn(etcdrpc.TxnRequest(success=ops), timeout=5)
+        self.acked.append((resp.header.revision, time.time()))
+
+    def _prefix_round(self, kv, n: int) -> None:
+        prefix = f"/registry/batch/{n}/"
+        for start in range(0, 200, 100):
+            ops = [
+                etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=f"{prefix}{k:04d}".encode(), value=b"x" * 50))
+                for k in range(start, start + 100)
+            ]
+            resp = kv.Txn(etcdrpc.TxnRequest(success=ops), timeout=5)
+            self.acked.append((resp.header.revision, time.time()))
+        request = etcdrpc.DeleteRangeRequest(key=prefix.encode(), range_end=_prefix_end(prefix.encode()))
+        resp = kv.DeleteRange(request, timeout=5)
+        self.acked.append((resp.header.revision, time.time()))
+
+
+def _put(key: str, rnd: random.Random, lease: int = 0) -> etcdrpc.PutRequest:
+    return etcdrpc.PutRequest(key=key.encode(), value=os.urandom(rnd.randint(20, 1500)), lease=lease)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ScratchEtcd:
+    """One etcd member restored from a snapshot, plain HTTP on loopback."""
+
+    process: subprocess.Popen
+    data_dir: Path
+    access: etcd.EtcdAccess
+
+    @property
+    def endpoint(self) -> str:
+        return self.access.endpoints[0]
+
+    def stop(self) -> None:
+        procs.kill(self.process.pid, timeout=5)
+
+
+def start_scratch(snapshot: Path, version: str, workdir: Path, no_fsync: bool = True) -> ScratchEtcd:
+    """`snapshot restore` into workdir/data (etcdutl on 3.5, etcdctl on 3.4) and start etcd on free ports."""
+    binaries = find_binaries(version)
+    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    data = workdir / "data"
+    tool = binaries.etcdutl or binaries.etcdctl
+    restore = [tool, "snapshot", "restore", snapshot, f"--data-dir={data}", "--name=scratch"]
+    restore += [f"--initial-cluster=scratch={peer}", f"--initial-advertise-peer-urls={peer}"]
+    done = subprocess.run(
+        [str(a) for a in restore], capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}
+    )
+    assert done.returncode == 0, done.stderr
+    argv = [binaries.etcd, "--name=scratch", f"--data-dir={data}", f"--listen-client-urls={client}"]
+    argv += [f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}"]
+    argv += [f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=scratch={peer}"]
+    if no_fsync and version.startswith("3.5"):
+        argv.append("--unsafe-no-fsync")  # a throw-away member: replay speed over durability
+    process = procs.spawn(argv, workdir / "scratch.log")
+    scratch = ScratchEtcd(process, data, etcd.EtcdAccess((client,), timeout=10))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            revision_now(scratch.access, client)
+            return scratch
+        except grpc.RpcError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                scratch.stop()
+                log = procs.log_tail(workdir / "scratch.log")
+                raise AssertionError("scratch etcd did not start:\n" + log) from None
+            time.sleep(0.1)
