@@ -1,27 +1,18 @@
-"""Helpers of the continuous backup tests: a write load, key digests, and a scratch etcd restored from a snapshot.
-
-The scratch etcd here is a stand-in until the shared scratch-etcd module replaces it: `snapshot restore`
-(etcdutl on 3.5, etcdctl on 3.4) into a fresh data dir, then one etcd member on free loopback ports.
-"""
+"""Helpers of the continuous backup tests: a write load that records what etcd acknowledged, and key digests."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import random
-import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from pyetcd import etcdrpc
 
 from etcd_backup import etcd
-from tests.fleet import procs
-from tests.fleet.binaries import find_binaries
 
 
 def access_of(cluster, timeout: float = 5.0) -> etcd.EtcdAccess:
@@ -93,6 +84,7 @@ class WriteLoad:
         rnd = random.Random(self.seed)
         self._avoid = ""
         n = 0
+        self._namespace()
         while not self._stop.is_set():
             endpoint = next(e for e in self._order(n) if e != self._avoid)
             try:
@@ -105,6 +97,18 @@ class WriteLoad:
             except grpc.RpcError:
                 self.errors += 1
                 time.sleep(0.2)
+
+    def _namespace(self) -> None:
+        """A Kubernetes namespace key, as every real cluster has (a rebuilt snapshot must hold one)."""
+        for endpoint in self.access.endpoints:
+            try:
+                with etcd.channel(self.access, endpoint) as chan:
+                    request = etcdrpc.PutRequest(key=b"/registry/namespaces/default", value=b"namespace default")
+                    resp = etcdrpc.KVStub(chan).Put(request, timeout=5)
+                    self.acked.append((resp.header.revision, time.time()))
+                    return
+            except grpc.RpcError:
+                continue
 
     def _order(self, n: int) -> list[str]:
         endpoints = list(self.access.endpoints)
@@ -157,58 +161,3 @@ def _put(key: str, rnd: random.Random, lease: int = 0) -> etcdrpc.PutRequest:
 
 def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class ScratchEtcd:
-    """One etcd member restored from a snapshot, plain HTTP on loopback."""
-
-    process: subprocess.Popen
-    data_dir: Path
-    access: etcd.EtcdAccess
-
-    @property
-    def endpoint(self) -> str:
-        return self.access.endpoints[0]
-
-    def stop(self) -> None:
-        procs.kill(self.process.pid, timeout=5)
-
-
-def start_scratch(snapshot: Path, version: str, workdir: Path, no_fsync: bool = True) -> ScratchEtcd:
-    """`snapshot restore` into workdir/data (etcdutl on 3.5, etcdctl on 3.4) and start etcd on free ports."""
-    binaries = find_binaries(version)
-    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    data = workdir / "data"
-    tool = binaries.etcdutl or binaries.etcdctl
-    restore = [tool, "snapshot", "restore", snapshot, f"--data-dir={data}", "--name=scratch"]
-    restore += [f"--initial-cluster=scratch={peer}", f"--initial-advertise-peer-urls={peer}"]
-    done = subprocess.run(
-        [str(a) for a in restore], capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}
-    )
-    assert done.returncode == 0, done.stderr
-    argv = [binaries.etcd, "--name=scratch", f"--data-dir={data}", f"--listen-client-urls={client}"]
-    argv += [f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}"]
-    argv += [f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=scratch={peer}"]
-    if no_fsync and version.startswith("3.5"):
-        argv.append("--unsafe-no-fsync")  # a throw-away member: replay speed over durability
-    process = procs.spawn(argv, workdir / "scratch.log")
-    scratch = ScratchEtcd(process, data, etcd.EtcdAccess((client,), timeout=10))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            revision_now(scratch.access, client)
-            return scratch
-        except grpc.RpcError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                scratch.stop()
-                log = procs.log_tail(workdir / "scratch.log")
-                raise AssertionError("scratch etcd did not start:\n" + log) from None
-            time.sleep(0.1)

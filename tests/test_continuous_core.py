@@ -16,17 +16,22 @@ from pyetcd import etcdrpc
 from etcd_backup import etcd, pipeline
 from etcd_backup.catalog import Backup, Manifest, format_key
 from etcd_backup.continuous import records
-from etcd_backup.continuous.chain import Catalog, Segment, coverage, from_ns, list_segments
+from etcd_backup.continuous.catalog import Catalog
+from etcd_backup.continuous.chain import Segment, choose, list_segments
+from etcd_backup.continuous.coverage import Reach, coverage
 from etcd_backup.continuous.errors import SegmentCorrupt, StartCompacted
-from etcd_backup.continuous.names import format_segment_key, parse_segment_key
+from etcd_backup.continuous.names import format_segment_key, lineage_of, parse_segment_key
 from etcd_backup.continuous.prune import plan_segments
-from etcd_backup.continuous.replay import current_revision, replay, verify_segments
+from etcd_backup.continuous.rebuild import rebuild
+from etcd_backup.continuous.replay import verify_segments
 from etcd_backup.continuous.runner import ContinuousBackup, start_point
 from etcd_backup.continuous.segment import load_segment
+from etcd_backup.continuous.timeline import from_ns
 from etcd_backup.continuous.watch import Follower
-from etcd_backup.snapshot import inspect_db
+from etcd_backup.errors import ConfigError
+from etcd_backup.scratch import ScratchEtcd
 from etcd_backup.storage.local import LocalStorage
-from tests.continuous_helpers import WriteLoad, access_of, digest, revision_now, start_scratch
+from tests.continuous_helpers import WriteLoad, access_of, digest, revision_now
 from tests.fleet.binaries import find_binaries
 from tests.servers.fixtures import make_s3
 from tests.servers.tcp_proxy import TCPProxy
@@ -72,40 +77,33 @@ def _up(access: etcd.EtcdAccess, endpoint: str) -> bool:
         return False
 
 
-def _tool(version: str) -> Path:
-    binaries = find_binaries(version)
-    return binaries.etcdutl or binaries.etcdctl
+def _etcd_dir(version: str) -> Path:
+    return find_binaries(version).etcd.parent
 
 
 def _all_revisions(storage, cluster: str = CLUSTER) -> list[records.Revision]:
     out = []
-    for segment in list_segments(storage, cluster).complete:
-        manifest = Catalog(storage, cluster).manifest(segment)
-        out.extend(records.decode(load_segment(storage, manifest), segment.key))
+    catalog = Catalog(storage, cluster)
+    for segment in catalog.listing.complete:
+        out.extend(records.decode(load_segment(storage, catalog.manifest(segment)), segment.key))
     return out
 
 
-def _replay_and_compare(storage, access, version, tmp_path, to_revision=None, to_time=None, **kw) -> int:
-    """Plan, restore the full snapshot into a scratch etcd, replay; assert revision and digest equal the source's."""
-    plan = Catalog(storage, CLUSTER).plan(to_revision=to_revision, to_time=to_time)
+def _replay_and_compare(storage, access, version, tmp_path, to_revision=None, to_time=None, identities=()) -> int:
+    """Plan, rebuild the snapshot at the target (full backup + replay in a scratch etcd), then restore that file
+    into another scratch etcd: its revision and key digest at the target must equal the source's."""
+    plan = Catalog(storage, CLUSTER, identities=identities).plan(to_revision=to_revision, to_time=to_time)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    snapshot = tmp_path / "snap.db"
-    pipeline.fetch_snapshot(storage, plan.backup, snapshot)
-    base = inspect_db(snapshot, _tool(version)).revision
-    scratch = start_scratch(snapshot, version, tmp_path / "scratch")
-    try:
-        result = replay(
-            scratch.access, storage, plan.segments, base_revision=base, to_revision=plan.target_revision, **kw
-        )
-        assert result.revision == plan.target_revision
-        print(f"replayed {result}")
-        assert current_revision(scratch.access, scratch.endpoint) == plan.target_revision
-        source = next(e for e in access.endpoints if _up(access, e))
-        expected = digest(access, source, plan.target_revision)
-        assert digest(scratch.access, scratch.endpoint) == expected
-        return plan.target_revision
-    finally:
-        scratch.stop()
+    rebuilt = rebuild(storage, plan, tmp_path / "pit.db", identities=identities, etcd_dir=_etcd_dir(version))
+    print(f"rebuilt {rebuilt.describe()}: {rebuilt.replay}")
+    target = plan.target_revision
+    assert rebuilt.revision == target and rebuilt.certificate.revision == target
+    source = next(e for e in access.endpoints if _up(access, e))
+    expected = digest(access, source, target)
+    with ScratchEtcd(tmp_path / "pit.db", etcd_dir=_etcd_dir(version), workdir=tmp_path) as restored:
+        assert restored.revision == target
+        assert digest(restored.access, restored.endpoint, target) == expected
+    return target
 
 
 @BOTH
@@ -158,27 +156,12 @@ def test_follow_to_s3_encrypted_and_restore_to_a_time(make_etcd_cluster, seaweed
         assert manifest.encryption == "age" and manifest.recipients == recipients
         revisions.extend(records.decode(load_segment(storage, manifest, [identity]), segment.key))
     pick = revisions[len(revisions) * 2 // 3]
-    when = from_ns(pick.received_ns) + timedelta(microseconds=1)
-    expected = max(r.revision for r in revisions if r.received_ns <= pick.received_ns + 1000)
+    when = from_ns(pick.received_ns)  # receive times count at microsecond precision, as manifests show them
+    expected = max(r.revision for r in revisions if r.received_ns // 1000 <= pick.received_ns // 1000)
     plan = catalog.plan(to_time=when)
-    assert plan.target_revision == expected
-    assert plan.target_time is not None and plan.target_time <= when
-    snapshot = tmp_path / "snap.db"
-    pipeline.fetch_snapshot(storage, plan.backup, snapshot, identities=[str(identity)])
-    base = inspect_db(snapshot, _tool("3.5.1")).revision
-    scratch = start_scratch(snapshot, "3.5.1", tmp_path / "scratch")
-    try:
-        replay(
-            scratch.access,
-            storage,
-            plan.segments,
-            base_revision=base,
-            to_revision=plan.target_revision,
-            identities=[str(identity)],
-        )
-        assert digest(scratch.access, scratch.endpoint) == digest(access, access.endpoints[0], expected)
-    finally:
-        scratch.stop()
+    assert plan.target_revision == expected and plan.target_time == when
+    found = _replay_and_compare(storage, access, "3.5.1", tmp_path, to_time=when, identities=[str(identity)])
+    assert found == expected
 
 
 @BOTH
@@ -287,7 +270,7 @@ def test_compacted_start_revision_raises_with_the_compact_revision(make_etcd_clu
 
 
 def test_missing_or_corrupt_segment_refuses_naming_it(make_etcd_cluster, tmp_path):
-    cluster = make_etcd_cluster(3)
+    cluster = make_etcd_cluster(1)
     access = access_of(cluster)
     storage = LocalStorage(tmp_path / "store")
     load = WriteLoad(access, seed=4).start()
@@ -314,7 +297,7 @@ def test_missing_or_corrupt_segment_refuses_naming_it(make_etcd_cluster, tmp_pat
         catalog.plan(to_revision=missing.last_revision + 1)
     plan = catalog.plan(to_revision=corrupt.last_revision)
     with pytest.raises(SegmentCorrupt) as caught:  # the dry run's check, nothing applied
-        verify_segments(storage, plan.segments, base_revision=plan.base_revision, to_revision=plan.target_revision)
+        verify_segments(storage, plan.segments, base_revision=plan.base_low, to_revision=plan.target_revision)
     assert caught.value.node == corrupt.key and "sha256" in str(caught.value)
     with pytest.raises(SegmentCorrupt) as caught:
         _replay_and_compare(storage, access, "3.5.1", tmp_path / "a", to_revision=corrupt.last_revision)
@@ -328,14 +311,15 @@ def test_restart_resumes_after_the_last_uploaded_segment(make_etcd_cluster, tmp_
     access = access_of(cluster)
     storage = LocalStorage(tmp_path / "store")
     load = WriteLoad(access, seed=5).start()
-    assert start_point(storage, CLUSTER).revision is None  # no full backup yet: a new chain
+    lineage = lineage_of(etcd.status(access, access.endpoints[0]).cluster_id)
+    assert start_point(storage, CLUSTER, lineage).revision is None  # no full backup yet: a new chain
     first = Run(ContinuousBackup(access, storage, CLUSTER, start_revision=None, segment_seconds=0.5))
     record = pipeline.backup(access, storage, cluster_id=CLUSTER)
     time.sleep(2)
     first.backup.stop()
     first.thread.join(30)
     uploaded = first.backup.writer.uploaded_revision
-    point = start_point(storage, CLUSTER)
+    point = start_point(storage, CLUSTER, lineage)
     assert point.revision == uploaded + 1, point
     time.sleep(2)  # written while nobody follows
     second = Run(ContinuousBackup(access, storage, CLUSTER, start_revision=point.revision, segment_seconds=0.5))
@@ -352,7 +336,7 @@ def test_segment_names_sort_and_parse_back():
     rnd = random.Random(3)
     ranges = sorted({(a, a + rnd.randrange(5000)) for a in (rnd.randrange(1, 10**12) for _ in range(300))})
     ranges += [(1, 1), (9, 10), (10**18, 2**63 - 1)]
-    keys = [format_segment_key("uk8s-x-events-1", a, b, encrypted=bool(a % 2), prefix="p/q") for a, b in ranges]
+    keys = [format_segment_key("uk8s-x-events-1", a, b, "c0ffee", bool(a % 2), "p/q") for a, b in ranges]
     assert sorted(keys) == [k for _, k in sorted(zip(ranges, keys, strict=True))]
     for (a, b), key in zip(ranges, keys, strict=True):
         parsed = parse_segment_key(key)
@@ -368,46 +352,81 @@ def test_segment_names_sort_and_parse_back():
         assert parse_segment_key(foreign) is None
 
 
-def _backup(revision: int) -> Backup:
-    when = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=revision)
+LINEAGE, OLD = lineage_of("c0ffee"), lineage_of("bad1dea")
+
+
+def _backup(revision: int, lineage: str = LINEAGE, low: int | None = None, hours: int | None = None) -> Backup:
+    when = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=revision if hours is None else hours)
     key = format_key(CLUSTER, "3.5.1", when, "zstd")
     manifest = Manifest(
         cluster=CLUSTER, key=key, size=1, sha256="0", raw_size=1, raw_sha256="0", revision=revision,
-        revision_exact=True, key_count=1, etcd_version="3.5.1", source_member="m", source_endpoint="e",
-        created=when, compression="zstd",
+        revision_exact=low is None, revision_low=revision if low is None else low, etcd_cluster_id=lineage,
+        key_count=1, etcd_version="3.5.1", source_member="m", source_endpoint="e", created=when, compression="zstd",
     )  # fmt: skip
     return Backup(key, CLUSTER, when, 1, "zstd", False, True, False, manifest)
 
 
+def _seg(a: int, b: int, complete: bool = True, lineage: str = LINEAGE, cluster: str = CLUSTER, hours: int = 0):
+    when = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=hours or b)
+    return Segment(format_segment_key(cluster, a, b, lineage), cluster, a, b, lineage, False, 1, complete, when)
+
+
 def test_segment_retention_never_prunes_the_newest_or_foreign():
-    def seg(cluster, a, b, complete=True):
-        return Segment(format_segment_key(cluster, a, b), cluster, a, b, False, 1, complete)
-
     B = _backup  # noqa: N806
-
-    segments = [seg(CLUSTER, 1, 50), seg(CLUSTER, 51, 100, False), seg(CLUSTER, 101, 150), seg("other", 1, 10)]
+    segments = [_seg(1, 50), _seg(51, 100, False), _seg(101, 150), _seg(1, 10, cluster="other")]
     plan = plan_segments(segments, [B(120), B(400)], CLUSTER)
     assert [s.key for s in plan.remove] == [segments[0].key, segments[1].key]
     assert segments[3] in plan.keep and segments[2] in plan.keep
-    plan = plan_segments([seg(CLUSTER, 1, 50)], [B(400)], CLUSTER)
-    assert plan.remove == [] and "newest" in plan.reasons[format_segment_key(CLUSTER, 1, 50)]
+    plan = plan_segments([_seg(1, 50)], [B(400)], CLUSTER)
+    assert plan.remove == [] and "newest" in plan.reasons[_seg(1, 50).key]
     assert plan_segments(segments, [], CLUSTER).remove == []
+    inexact = plan_segments([_seg(1, 95), _seg(96, 150)], [B(100, low=95)], CLUSTER)  # snapshot at 95..100
+    assert [s.first_revision for s in inexact.remove] == [1]
+
+
+def test_segment_retention_of_an_earlier_etcd_cluster_goes_by_time():
+    # lineage OLD until a whole-cluster restore at hour 500 to revision 300; LINEAGE from then on, revisions reused
+    old = [_seg(101, 200, lineage=OLD, hours=100), _seg(201, 400, lineage=OLD, hours=450)]
+    new = [_seg(301, 350, hours=520), _seg(351, 380, hours=560)]
+    plan = plan_segments(old + new, [_backup(300, hours=510), _backup(360, hours=540)], CLUSTER)
+    assert [s.key for s in plan.remove] == [old[0].key, old[1].key]  # older than the oldest kept backup (hour 510)
+    plan = plan_segments(old + new, [_backup(250, OLD, hours=300), _backup(360, hours=540)], CLUSTER)
+    assert [s.key for s in plan.remove] == [old[0].key, new[0].key]  # each lineage's own cut: 250 and 360
 
 
 def test_coverage_reports_every_gap_against_the_full_backups():
-    def seg(a, b, complete=True):
-        return Segment(format_segment_key(CLUSTER, a, b), CLUSTER, a, b, False, 1, complete)
-
-    segments = [seg(90, 99), seg(101, 200), seg(201, 260), seg(301, 400), seg(451, 500), seg(501, 520)]
-    found = coverage(segments, [_backup(100), _backup(350), _backup(600)], [seg(261, 280, complete=False)])
-    assert found.reachable == [(100, 260), (350, 400), (600, 600)]
+    segments = [_seg(90, 99), _seg(101, 200), _seg(201, 260), _seg(301, 400), _seg(451, 500), _seg(501, 520)]
+    found = coverage(segments, [_backup(100), _backup(350), _backup(600)], [_seg(261, 280, complete=False)])
+    assert found.reachable == [
+        Reach(LINEAGE, 100, 260, _backup(100).key),
+        Reach(LINEAGE, 350, 400, _backup(350).key),
+        Reach(LINEAGE, 600, 600, _backup(600).key),
+    ]
     assert [(g.first, g.last, g.unreachable_last) for g in found.gaps] == [
         (261, 300, 349),
         (401, 450, 599),
         (521, 599, 599),
     ]
-    assert found.gaps[0].incomplete == (format_segment_key(CLUSTER, 261, 280),)
-    assert found.gaps[0].after == format_segment_key(CLUSTER, 201, 260)
-    assert found.gaps[0].before == format_segment_key(CLUSTER, 301, 400)
-    assert found.before_oldest_backup == [format_segment_key(CLUSTER, 90, 99)]
+    assert found.gaps[0].incomplete == (_seg(261, 280).key,)
+    assert found.gaps[0].after == _seg(201, 260).key
+    assert found.gaps[0].before == _seg(301, 400).key
+    assert found.before_oldest_backup == [_seg(90, 99).key]
     assert coverage(segments, []).reachable == []
+    inexact = coverage([_seg(96, 130)], [_backup(100, low=95)])  # the snapshot holds one of 95..100
+    assert inexact.reachable == [Reach(LINEAGE, 100, 130, _backup(100, low=95).key)] and inexact.gaps == []
+    assert coverage([_seg(99, 130)], [_backup(100, low=95)]).reachable == []  # 96..98 missing: unreachable
+
+
+def test_lineages_never_mix_after_a_whole_cluster_restore():
+    # OLD followed 101..400; restored to revision 300 (new etcd cluster id LINEAGE), which reuses 301.. for new data
+    old = [_seg(101, 250, lineage=OLD), _seg(251, 400, lineage=OLD)]
+    new = [_seg(301, 330), _seg(331, 380)]
+    backups = [_backup(100, OLD, hours=1), _backup(300, hours=2)]
+    found = coverage(old + new, backups)
+    assert found.reachable == [Reach(LINEAGE, 300, 380, backups[1].key), Reach(OLD, 100, 400, backups[0].key)]
+    point = choose(backups, old + new, 350, LINEAGE)
+    assert point.backup == backups[1] and [s.key for s in point.segments] == [new[0].key, new[1].key]
+    point = choose(backups, old + new, 350, OLD)
+    assert point.backup == backups[0] and [s.key for s in point.segments] == [old[0].key, old[1].key]
+    with pytest.raises(ConfigError, match="no complete full backup"):
+        choose(backups, old + new, 200, LINEAGE)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import grpc
 from pyetcd import etcdrpc
@@ -35,7 +36,9 @@ from etcd_backup.continuous.chain import Segment, chain_for
 from etcd_backup.continuous.errors import ReplayMismatch, SegmentCorrupt
 from etcd_backup.continuous.leases import LeaseKeeper, leases_in_use
 from etcd_backup.continuous.manifest import SegmentManifest, read_segment_manifest
+from etcd_backup.continuous.names import lineage_of
 from etcd_backup.continuous.segment import load_segment
+from etcd_backup.continuous.timeline import from_ns
 from etcd_backup.continuous.txn import operations
 from etcd_backup.encryption import parse_identities
 from etcd_backup.errors import ConfigError, EtcdUnavailable, NotFound
@@ -56,6 +59,7 @@ class ReplayResult:
     leases_granted: int
     leases_kept: int
     seconds: float
+    received: datetime | None = None  # when the follower received the target revision (None: no segment replayed)
 
 
 def replay(
@@ -69,13 +73,19 @@ def replay(
     lease_ttl: int = 3600,
     max_txn_ops: int = 128,
     on_progress: Progress | None = None,
+    keeper: LeaseKeeper | None = None,
 ) -> ReplayResult:
-    """Apply the segments' revisions base_revision+1..to_revision to target, one transaction per revision."""
+    """Apply the segments' revisions base_revision+1..to_revision to target, one transaction per revision.
+
+    Pass a LeaseKeeper to keep the target's leases alive after replay (e.g. until it is snapshotted): the
+    caller then closes it; without one, leases are kept alive only while replay runs.
+    """
     started = time.monotonic()
     chosen, ids = _prepare(segments, base_revision, to_revision, identities)
     endpoint = target.endpoints[0]
     _expect_revision(target, endpoint, base_revision)
-    keeper = LeaseKeeper(target, endpoint)
+    owned = keeper is None
+    keeper = keeper or LeaseKeeper(target, endpoint)
     loader = _Loader(storage, chosen, ids)
     applier = _Applier(target, endpoint, keeper, base_revision, lease_ttl, max_txn_ops)
     try:
@@ -87,7 +97,8 @@ def replay(
                 break
     finally:
         loader.close()
-        keeper.close()
+        if owned:
+            keeper.close()
         applier.close()
     if applier.revision != to_revision:
         raise SegmentCorrupt(f"segments end at revision {applier.revision}, before {to_revision}", step="replay")
@@ -101,6 +112,7 @@ def replay(
         leases_granted=keeper.granted,
         leases_kept=keeper.kept,
         seconds=round(time.monotonic() - started, 3),
+        received=from_ns(applier.received_ns) if applier.received_ns else None,
     )
 
 
@@ -182,6 +194,12 @@ class _Loader:
         for segment in self.segments:
             try:
                 manifest = read_segment_manifest(self.storage, segment.key)
+                if lineage_of(manifest.etcd_cluster_id) != segment.lineage:
+                    raise SegmentCorrupt(
+                        f"its manifest names etcd cluster {manifest.etcd_cluster_id}, its name {segment.lineage}",
+                        step="read segment",
+                        node=segment.key,
+                    )
                 raw = load_segment(self.storage, manifest, self.identities)
                 item: object = (manifest, check_segment(manifest, raw))
             except NotFound:
@@ -221,7 +239,7 @@ class _Applier:
 
     def __init__(self, access, endpoint: str, keeper: LeaseKeeper, base: int, lease_ttl: int, max_ops: int):
         self.access, self.endpoint, self.keeper = access, endpoint, keeper
-        self.revision, self.events = base, 0
+        self.revision, self.events, self.received_ns = base, 0, 0
         self.lease_ttl, self.max_ops = lease_ttl, max_ops
         self._chan_cm = etcd.channel(access, endpoint)
         self.kv = etcdrpc.KVStub(self._chan_cm.__enter__())
@@ -267,5 +285,5 @@ class _Applier:
                 step="replay",
                 node=self.endpoint,
             )
-        self.revision = record.revision
+        self.revision, self.received_ns = record.revision, record.received_ns
         self.events += len(events)

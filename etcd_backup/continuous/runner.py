@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from etcd_backup import etcd
 from etcd_backup.catalog import list_backups
-from etcd_backup.continuous.chain import backup_revision, list_segments
+from etcd_backup.continuous.chain import bases, in_lineage, list_segments
 from etcd_backup.continuous.manifest import SegmentManifest
+from etcd_backup.continuous.names import lineage_of
 from etcd_backup.continuous.watch import Follower
 from etcd_backup.continuous.writer import Lag, SegmentWriter
 from etcd_backup.storage.base import Storage
@@ -19,32 +20,34 @@ from etcd_backup.storage.base import Storage
 
 @dataclass(frozen=True)
 class StartPoint:
-    """Where following starts: a revision, or None for a new chain (follow from now, then take a full backup)."""
+    """Where following starts (None: from the cluster's revision now), and whether a full backup must follow."""
 
     revision: int | None
     reason: str
+    needs_backup: bool = False
 
 
-def start_point(storage: Storage, cluster_id: str, prefix: str = "") -> StartPoint:
-    """Resume after the last complete segment if it is not older than the newest full backup; else after that backup.
+def start_point(storage: Storage, cluster_id: str, lineage: str, prefix: str = "") -> StartPoint:
+    """Resume after the last complete segment of lineage unless the newest full backup is newer; else after that backup.
 
-    A new chain (revision None) when there is no complete full backup, or when the newest one's revision
-    is not exact (its snapshot may hold an earlier revision than its manifest says, so following from
-    manifest revision + 1 could leave a hole): then follow from the cluster's current revision and take
-    a full backup once the watch runs (ContinuousBackup.started).
+    `lineage` is etcd's cluster id now (etcd.status().cluster_id): segments and backups of an earlier etcd
+    cluster (before a whole-cluster restore) are not resumed. Following from a backup starts after the lowest
+    revision its snapshot may hold (revision_low), so no revision is missed when writes raced the snapshot.
+    Without a full backup of lineage, needs_backup: follow (after the last segment, else from the cluster's
+    current revision), then take a full backup once the watch runs (ContinuousBackup.started).
     """
-    backups = [b for b in list_backups(storage, cluster_id, prefix) if backup_revision(b) is not None]
-    newest = max(backups, key=lambda b: (backup_revision(b) or 0, b.time), default=None)
-    segments = list_segments(storage, cluster_id, prefix).complete
-    last = max((s.last_revision for s in segments), default=0)
-    newest_revision = backup_revision(newest) if newest else None
-    if last and (newest_revision is None or last >= newest_revision):
+    ours = lineage_of(lineage)
+    anchors = [b for b in bases(list_backups(storage, cluster_id, prefix)) if b.lineage == ours]
+    newest = anchors[-1] if anchors else None
+    last = max(
+        (s.last_revision for s in in_lineage(list_segments(storage, cluster_id, prefix).complete, ours)), default=0
+    )
+    if newest is None:
+        why = f"no complete full backup of etcd cluster {ours}: follow, then take one"
+        return StartPoint(last + 1 if last else None, why, needs_backup=True)
+    if last >= newest.low:
         return StartPoint(last + 1, f"resume after the last uploaded segment (revision {last})")
-    if newest is None or newest.manifest is None or newest_revision is None:
-        return StartPoint(None, "no complete full backup: start a new chain")
-    if not newest.manifest.revision_exact:
-        return StartPoint(None, f"newest full backup {newest.key} has an inexact revision: start a new chain")
-    return StartPoint(newest_revision + 1, f"follow from full backup {newest.key} (revision {newest_revision})")
+    return StartPoint(newest.low + 1, f"follow from full backup {newest.backup.key} (revision {newest.low})")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ContinuousBackup:
         cluster_id: str,
         *,
         start_revision: int | None,
+        etcd_cluster_id: str = "",
         prefix: str = "",
         recipients: Iterable[str] = (),
         segment_seconds: float = 2.0,
@@ -81,7 +85,11 @@ class ContinuousBackup:
             start_revision = etcd.status(access, etcd.pick_sources(access)[0]).revision + 1
         self.start_revision = start_revision
         self.follower = Follower(
-            access, start_revision, progress_interval=progress_interval, give_up_after=give_up_after
+            access,
+            start_revision,
+            progress_interval=progress_interval,
+            give_up_after=give_up_after,
+            etcd_cluster_id=etcd_cluster_id,
         )
         self.writer = SegmentWriter(
             storage,

@@ -14,7 +14,8 @@ from etcd_backup.compression import DECODE_ERRORS, compressor, decompressor
 from etcd_backup.continuous import records
 from etcd_backup.continuous.errors import SegmentCorrupt
 from etcd_backup.continuous.manifest import SegmentManifest
-from etcd_backup.continuous.names import format_segment_key
+from etcd_backup.continuous.names import format_segment_key, lineage_of
+from etcd_backup.continuous.timeline import from_ns
 from etcd_backup.errors import NotFound
 from etcd_backup.storage.base import Storage
 
@@ -52,6 +53,9 @@ class RawSegment:
 
     def extend(self, other: RawSegment) -> None:
         """Append a whole later segment whose first revision follows this one's last."""
+        lineages = {self.etcd_cluster_id, other.etcd_cluster_id} - {""}
+        if len(lineages) > 1:
+            raise SegmentCorrupt(f"cannot join segments of etcd clusters {sorted(lineages)}", step="write segment")
         if self.chunks and other.first_revision != self.last_revision + 1:
             raise SegmentCorrupt(
                 f"segment {other.first_revision} does not follow {self.last_revision}", step="write segment"
@@ -87,22 +91,23 @@ def store_segment(
     writer.write(payload)
     writer.close()
     stored = pyrage.encrypt(packed.getvalue(), recipients) if recipients else packed.getvalue()
-    key = format_segment_key(cluster_id, raw.first_revision, raw.last_revision, bool(recipients), prefix)
+    lineage = raw.etcd_cluster_id
+    key = format_segment_key(cluster_id, raw.first_revision, raw.last_revision, lineage, bool(recipients), prefix)
     manifest = SegmentManifest(
         cluster=cluster_id,
         key=key,
         first_revision=raw.first_revision,
         last_revision=raw.last_revision,
         event_count=raw.event_count,
-        first_received=_time(raw.first_received_ns),
-        last_received=_time(raw.last_received_ns),
+        first_received=from_ns(raw.first_received_ns),
+        last_received=from_ns(raw.last_received_ns),
         size=len(stored),
         sha256=hashlib.sha256(stored).hexdigest(),
         raw_size=len(payload),
         raw_sha256=hashlib.sha256(payload).hexdigest(),
         encryption="age" if recipients else None,
         recipients=list(recipient_keys or []),
-        etcd_cluster_id=raw.etcd_cluster_id,
+        etcd_cluster_id=lineage_of(lineage),
         source_endpoints=list(raw.endpoints),
         created=datetime.now(UTC),
     )
@@ -139,10 +144,6 @@ def load_segment(storage: Storage, manifest: SegmentManifest, identities: list |
     if len(raw) != manifest.raw_size or hashlib.sha256(raw).hexdigest() != manifest.raw_sha256:
         raise SegmentCorrupt("decoded segment differs from its manifest (size, sha256)", step="read segment", node=key)
     return raw
-
-
-def _time(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns // 10**9, UTC).replace(microsecond=ns // 1000 % 10**6)
 
 
 def _forget(storage: Storage, key: str) -> None:

@@ -46,7 +46,11 @@ class FollowerState:
 
 
 class Follower:
-    """Iterate over the cluster's revisions from start_revision on, as Revision records, until stop() is called."""
+    """Iterate over the cluster's revisions from start_revision on, as Revision records, until stop() is called.
+
+    With etcd_cluster_id (hex), a member of another etcd cluster (the cluster was restored meanwhile) raises
+    HistoryBroken at once instead of being followed.
+    """
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class Follower:
         stall_timeout: float | None = None,
         give_up_after: float | None = 300.0,
         sources: Callable[[etcd.EtcdAccess], Sequence[str]] = etcd.pick_sources,
+        etcd_cluster_id: str = "",
     ):
         if start_revision < 1:
             raise ValueError(f"start revision must be >= 1, not {start_revision}")
@@ -71,7 +76,7 @@ class Follower:
         self._next = start_revision
         self._cluster_revision = start_revision - 1
         self._endpoint = ""
-        self._etcd_cluster_id = ""
+        self._etcd_cluster_id = f"{int(etcd_cluster_id, 16):x}" if etcd_cluster_id else ""  # the one expected
         self._current_at = 0.0
         self._failovers = 0
         self._last_error = ""
