@@ -13,6 +13,7 @@ import grpc
 from pyetcd import etcdrpc
 
 from etcd_backup import etcd
+from etcd_backup.continuous.runner import ContinuousBackup
 
 
 def access_of(cluster, timeout: float = 5.0) -> etcd.EtcdAccess:
@@ -161,3 +162,39 @@ def _put(key: str, rnd: random.Random, lease: int = 0) -> etcdrpc.PutRequest:
 
 def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+class Run:
+    """A ContinuousBackup on a thread."""
+
+    def __init__(self, backup: ContinuousBackup):
+        self.backup, self.error, self.summary = backup, None, None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert backup.started.wait(30), "the watch did not start"
+
+    def _run(self):
+        try:
+            self.summary = self.backup.run()
+        except BaseException as exc:  # noqa: BLE001 - asserted by the test
+            self.error = exc
+
+    def drain_and_stop(self, access: etcd.EtcdAccess, timeout: float = 60) -> None:
+        """Wait until every revision the cluster has is uploaded, then stop."""
+        target = max(revision_now(access, e) for e in access.endpoints if up(access, e))
+        deadline = time.monotonic() + timeout
+        while self.backup.writer.uploaded_revision < target:
+            assert self.error is None, self.error
+            assert time.monotonic() < deadline, f"uploaded {self.backup.lag()} of {target}"
+            time.sleep(0.2)
+        self.backup.stop()
+        self.thread.join(30)
+        assert self.error is None, self.error
+
+
+def up(access: etcd.EtcdAccess, endpoint: str) -> bool:
+    try:
+        revision_now(access, endpoint)
+        return True
+    except Exception:  # noqa: BLE001
+        return False

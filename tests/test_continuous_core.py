@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +30,7 @@ from etcd_backup.continuous.watch import Follower
 from etcd_backup.errors import ConfigError
 from etcd_backup.scratch import ScratchEtcd
 from etcd_backup.storage.local import LocalStorage
-from tests.continuous_helpers import WriteLoad, access_of, digest, revision_now
+from tests.continuous_helpers import Run, WriteLoad, access_of, digest, up
 from tests.fleet.binaries import find_binaries
 from tests.servers.fixtures import make_s3
 from tests.servers.tcp_proxy import TCPProxy
@@ -39,42 +38,6 @@ from tests.servers.tcp_proxy import TCPProxy
 pytestmark = [pytest.mark.continuous, pytest.mark.slow]
 CLUSTER = "uk8s-cont"
 BOTH = pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
-
-
-class Run:
-    """A ContinuousBackup on a thread."""
-
-    def __init__(self, backup: ContinuousBackup):
-        self.backup, self.error, self.summary = backup, None, None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert backup.started.wait(30), "the watch did not start"
-
-    def _run(self):
-        try:
-            self.summary = self.backup.run()
-        except BaseException as exc:  # noqa: BLE001 - asserted by the test
-            self.error = exc
-
-    def drain_and_stop(self, access: etcd.EtcdAccess, timeout: float = 60) -> None:
-        """Wait until every revision the cluster has is uploaded, then stop."""
-        target = max(revision_now(access, e) for e in access.endpoints if _up(access, e))
-        deadline = time.monotonic() + timeout
-        while self.backup.writer.uploaded_revision < target:
-            assert self.error is None, self.error
-            assert time.monotonic() < deadline, f"uploaded {self.backup.lag()} of {target}"
-            time.sleep(0.2)
-        self.backup.stop()
-        self.thread.join(30)
-        assert self.error is None, self.error
-
-
-def _up(access: etcd.EtcdAccess, endpoint: str) -> bool:
-    try:
-        revision_now(access, endpoint)
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _etcd_dir(version: str) -> Path:
@@ -98,7 +61,7 @@ def _replay_and_compare(storage, access, version, tmp_path, to_revision=None, to
     print(f"rebuilt {rebuilt.describe()}: {rebuilt.replay}")
     target = plan.target_revision
     assert rebuilt.revision == target and rebuilt.certificate.revision == target
-    source = next(e for e in access.endpoints if _up(access, e))
+    source = next(e for e in access.endpoints if up(access, e))
     expected = digest(access, source, target)
     with ScratchEtcd(tmp_path / "pit.db", etcd_dir=_etcd_dir(version), workdir=tmp_path) as restored:
         assert restored.revision == target

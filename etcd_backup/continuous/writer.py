@@ -45,6 +45,7 @@ class Lag:
     last_error: str
     endpoint: str = ""
     failovers: int = 0
+    upload_seconds: float = 0.0  # the longest upload of a segment and its manifest so far
 
 
 class SegmentWriter:
@@ -78,6 +79,7 @@ class SegmentWriter:
         self._closed_bytes = 0
         self._uploaded = self._received = uploaded_revision
         self._uploads = self._upload_errors = 0
+        self._upload_seconds = 0.0
         self._last_error = ""
         self._error: BaseException | None = None
         self._closing = False
@@ -125,6 +127,7 @@ class SegmentWriter:
                 uploads=self._uploads,
                 upload_errors=self._upload_errors,
                 last_error=self._last_error,
+                upload_seconds=round(self._upload_seconds, 3),
             )
 
     def close(self, timeout: float | None = 60.0) -> None:
@@ -195,6 +198,7 @@ class SegmentWriter:
             merged.extend(raw)
         delay = 0.5
         while True:
+            began = time.monotonic()
             try:
                 manifest = store_segment(
                     self.storage,
@@ -218,6 +222,7 @@ class SegmentWriter:
                 self._closed_bytes -= self._closed.popleft().size
             self._uploaded = merged.last_revision
             self._uploads += 1
+            self._upload_seconds = max(self._upload_seconds, time.monotonic() - began)
             self._cond.notify_all()
         if self.on_upload:
             self.on_upload(manifest)
