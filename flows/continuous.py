@@ -214,6 +214,7 @@ def report(cluster_id: str, done: dict) -> dict:
     ]
     create_markdown_artifact("\n".join(lines), key=artifact_key("continuous", cluster_id))
     return {
+        "runs": [[r.start_revision, r.uploaded_revision] for r in runs],
         "start_revision": runs[0].start_revision,
         "uploaded_revision": runs[-1].uploaded_revision,
         "uploads": sum(r.uploads for r in runs),
