@@ -10,7 +10,8 @@ Parts (default: all):
              time from the last uploaded segment): acknowledged writes not yet uploaded at the kill (RPO);
   rpo-cluster the same, but every etcd member is SIGKILLed (the follower then uploads what it received);
   requests   storage requests per hour under a steady load and idle (S3, SeaweedFS);
-  replay     a full backup, 10,000 revisions after it: plain snapshot restore vs restore + replay to the last.
+  replay     a full backup, 10,000 revisions after it: plain snapshot restore vs the point-in-time rebuild
+             (restore + replay + checks + snapshot file, as restore_cluster(to_revision=...) does).
 Every follower runs in its own process (its peak RSS is its own); loads run in another process.
 """
 
@@ -36,12 +37,14 @@ import grpc  # noqa: E402
 from pyetcd import etcdrpc  # noqa: E402
 
 from etcd_backup import etcd, pipeline  # noqa: E402
-from etcd_backup.continuous.chain import Catalog, list_segments  # noqa: E402
-from etcd_backup.continuous.replay import replay  # noqa: E402
-from etcd_backup.continuous.runner import start_point  # noqa: E402
-from etcd_backup.snapshot import inspect_db  # noqa: E402
+from etcd_backup.continuous import runner  # noqa: E402
+from etcd_backup.continuous.catalog import Catalog  # noqa: E402
+from etcd_backup.continuous.chain import list_segments  # noqa: E402
+from etcd_backup.continuous.names import lineage_of  # noqa: E402
+from etcd_backup.continuous.rebuild import rebuild  # noqa: E402
+from etcd_backup.scratch import ScratchEtcd  # noqa: E402
 from etcd_backup.storage.local import LocalStorage  # noqa: E402
-from tests.continuous_helpers import revision_now, start_scratch  # noqa: E402
+from tests.continuous_helpers import revision_now  # noqa: E402
 from tests.fleet import fleet_net  # noqa: E402
 from tests.fleet.binaries import find_binaries  # noqa: E402
 from tests.fleet.data import fill  # noqa: E402
@@ -440,7 +443,7 @@ def part_rpo(workdir: Path, kills: int, rate: int, version: str) -> dict:
         kills_at = []
         for n in range(kills):
             status = workdir / f"rpo-{n}.status"
-            point = start_point(storage, CLUSTER)
+            point = start_point(storage, CLUSTER, bench.access)
             child = bench.child("follow", start=point.revision, status=str(status), segment_seconds=2.0)
             time.sleep(rnd.uniform(5, 12))
             os.kill(child.pid, signal.SIGKILL)
@@ -468,7 +471,9 @@ def part_rpo_cluster(workdir: Path, kills: int, rate: int, version: str) -> dict
         kills_at = []
         for n in range(kills):
             status = workdir / f"rpoc-{n}.status"
-            child = bench.child("follow", start=start_point(storage, CLUSTER).revision, status=str(status))
+            child = bench.child(
+                "follow", start=start_point(storage, CLUSTER, bench.access).revision, status=str(status)
+            )
             time.sleep(rnd.uniform(5, 12))
             bench.cluster.stop()  # SIGKILL every member at once
             killed = time.time()
@@ -560,52 +565,49 @@ def part_replay(workdir: Path, revisions: int, version: str, keys: int, no_fsync
         catalog = Catalog(storage, CLUSTER)
         plan = catalog.plan(to_revision=record.revision + revisions)
         plain = _restore(storage, plan.backup, version, workdir / "plain", no_fsync)
+        (workdir / "pitr").mkdir()
         began = time.monotonic()
-        snap, scratch = _restore_scratch(storage, plan.backup, version, workdir / "pitr", no_fsync)
-        try:
-            base = inspect_db(snap, _tool(version)).revision
-            result = replay(
-                scratch.access, storage, plan.segments, base_revision=base, to_revision=plan.target_revision
-            )
-            total = time.monotonic() - began
-        finally:
-            scratch.stop()
+        rebuilt = rebuild(
+            storage, plan, workdir / "pitr" / "snap.db", workdir=workdir / "pitr", etcd_dir=_etcd_dir(version)
+        )
+        total = time.monotonic() - began
+        result = rebuilt.replay
         return {
             "etcd": version,
-            "scratch_fsync": not (no_fsync and version.startswith("3.5")),
+            "plain_scratch_fsync": not (no_fsync and version.startswith("3.5")),
             "db_keys": keys,
             "backup_stored_mb": round(plan.backup.size / 2**20, 1),
             "revisions_replayed": result.revisions_applied,
             "events_replayed": result.events_applied,
             "segments": len(result.segments),
             "plain_restore_s": round(plain, 2),
-            "restore_plus_replay_s": round(total, 2),
+            "rebuild_s": round(total, 2),
             "replay_only_s": result.seconds,
             "replay_revisions_per_s": round(result.revisions_applied / result.seconds),
+            "rebuilt_revision": rebuilt.revision,
         }
     finally:
         bench.close()
 
 
-def _tool(version: str) -> Path:
-    binaries = find_binaries(version)
-    return binaries.etcdutl or binaries.etcdctl
+def start_point(storage, cluster_id: str, access: etcd.EtcdAccess):
+    """Where the continuous backup of the bench cluster resumes (its lineage is etcd's cluster id now)."""
+    status = etcd.status(access, etcd.pick_sources(access)[0])
+    return runner.start_point(storage, cluster_id, lineage_of(status.cluster_id))
 
 
-def _restore_scratch(storage, backup, version: str, workdir: Path, no_fsync: bool):
-    workdir.mkdir(parents=True)
-    snap = workdir / "snap.db"
-    pipeline.fetch_snapshot(storage, backup, snap)
-    return snap, start_scratch(snap, version, workdir, no_fsync=no_fsync)
+def _etcd_dir(version: str) -> Path:
+    return find_binaries(version).etcd.parent
 
 
 def _restore(storage, backup, version: str, workdir: Path, no_fsync: bool) -> float:
     """Fetch (verified), snapshot restore, start, first read answered: the plain full-backup restore."""
+    workdir.mkdir(parents=True)
+    snap = workdir / "snap.db"
     began = time.monotonic()
-    _, scratch = _restore_scratch(storage, backup, version, workdir, no_fsync)
-    seconds = time.monotonic() - began
-    scratch.stop()
-    return seconds
+    pipeline.fetch_snapshot(storage, backup, snap)
+    with ScratchEtcd(snap, etcd_dir=_etcd_dir(version), workdir=workdir, no_fsync=no_fsync):
+        return time.monotonic() - began
 
 
 # ---------------------------------------------------------------- main

@@ -233,6 +233,11 @@ def test_restore_to_a_time(history):
     assert dry.is_completed(), dry.message
     planned = dry.result()
     assert planned["to_revision"] == history.time_revision and planned["time"] == history.time_target.isoformat()
+    assert planned["backup"] == history.backups[0].key and planned["segments"] > 0
+    plan = artifacts(dry)[f"restore-plan-{CLUSTER_ID}"]  # the dry run names what it uses and what it reaches
+    for named in (planned["backup"], planned["first_segment"], planned["last_segment"], planned["time"]):
+        assert named in plan, named
+    assert f"revision {history.time_revision}" in plan
     state = _restore(history, to_time=history.time_target, confirm=True)
     assert state.is_completed(), state.message
     _assert_restored_at(history, state.result(), history.time_revision)
