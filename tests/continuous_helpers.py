@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+import pytest
 from pyetcd import etcdrpc
 
 from etcd_backup import etcd
@@ -53,6 +54,17 @@ def revision_now(access: etcd.EtcdAccess, endpoint: str) -> int:
         return etcdrpc.KVStub(chan).Range(request, timeout=10).header.revision
 
 
+_RUNNING: list[WriteLoad] = []  # loads not stopped yet (a failed test must not leave one writing to the next cluster)
+
+
+@pytest.fixture(autouse=True)
+def stop_write_loads():
+    """After each test (also a failed one): stop every write load it started, before the next test's cluster."""
+    yield
+    for load in list(_RUNNING):
+        load.stop()
+
+
 @dataclass
 class WriteLoad:
     """A steady mixed write load on a thread: puts, updates of the same keys, deletes, multi-key transactions,
@@ -64,18 +76,23 @@ class WriteLoad:
     seed: int = 0
     acked: list[tuple[int, float]] = field(default_factory=list)  # (revision, time.time() when etcd answered)
     errors: int = 0
+    prefix_rounds: int = 0  # prefix deletes of 200 keys done
+    lease_times: list[float] = field(default_factory=list)  # time.time() of each lease grant
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> WriteLoad:
         self._thread = threading.Thread(target=self._run, name="write-load", daemon=True)
         self._thread.start()
+        _RUNNING.append(self)
         return self
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(30)
+        if self in _RUNNING:
+            _RUNNING.remove(self)
 
     def avoid(self, endpoint: str) -> None:
         """Stop sending to endpoint (before it is killed)."""
@@ -117,7 +134,7 @@ class WriteLoad:
 
     def _one(self, rnd: random.Random, kv, lease, n: int) -> None:
         choice = rnd.random()
-        if n % 500 == 250:
+        if n % 250 == 50:
             self._prefix_round(kv, n)
             return
         if choice < 0.35:
@@ -135,6 +152,7 @@ class WriteLoad:
             resp = kv.Txn(etcdrpc.TxnRequest(success=ops), timeout=5)
         else:
             granted = lease.LeaseGrant(etcdrpc.LeaseGrantRequest(TTL=self.lease_ttl), timeout=5)
+            self.lease_times.append(time.time())
             ops = [
                 etcdrpc.RequestOp(request_put=_put(f"/registry/events/default/ev-{n}-{k}", rnd, granted.ID))
                 for k in range(rnd.randint(1, 3))
@@ -154,6 +172,20 @@ class WriteLoad:
         request = etcdrpc.DeleteRangeRequest(key=prefix.encode(), range_end=_prefix_end(prefix.encode()))
         resp = kv.DeleteRange(request, timeout=5)
         self.acked.append((resp.header.revision, time.time()))
+        self.prefix_rounds += 1
+
+    def wait_for_variety(self, timeout: float = 90) -> None:
+        """From now: wait for a prefix delete and a lease granted that had time to expire (however slow the machine)."""
+        began, rounds = time.time(), self.prefix_rounds
+        deadline = time.monotonic() + timeout
+
+        def expired() -> bool:
+            granted = [t for t in self.lease_times if t > began]
+            return bool(granted) and time.time() > granted[0] + self.lease_ttl + 2
+
+        while not (self.prefix_rounds > rounds and expired()):
+            assert time.monotonic() < deadline, f"load too slow: {len(self.acked)} writes, {self.errors} errors"
+            time.sleep(0.1)
 
 
 def _put(key: str, rnd: random.Random, lease: int = 0) -> etcdrpc.PutRequest:

@@ -30,7 +30,7 @@ from etcd_backup.continuous.watch import Follower
 from etcd_backup.errors import ConfigError
 from etcd_backup.scratch import ScratchEtcd
 from etcd_backup.storage.local import LocalStorage
-from tests.continuous_helpers import Run, WriteLoad, access_of, digest, up
+from tests.continuous_helpers import Run, WriteLoad, access_of, digest, stop_write_loads, up  # noqa: F401 - autouse fixture
 from tests.fleet.binaries import find_binaries
 from tests.servers.fixtures import make_s3
 from tests.servers.tcp_proxy import TCPProxy
@@ -74,11 +74,12 @@ def test_follow_then_replay_to_a_random_revision(make_etcd_cluster, etcd_version
     cluster = make_etcd_cluster(3)
     access = access_of(cluster)
     storage = LocalStorage(tmp_path / "store")
-    load = WriteLoad(access, seed=1).start()
+    load = WriteLoad(access, seed=1, lease_ttl=2).start()
     time.sleep(1)
     run = Run(ContinuousBackup(access, storage, CLUSTER, start_revision=None, segment_seconds=0.5))
     record = pipeline.backup(access, storage, cluster_id=CLUSTER)
-    time.sleep(6)
+    load.wait_for_variety()  # a prefix delete and a lease expiry followed, after the full backup
+    time.sleep(1)
     load.stop()
     run.drain_and_stop(access)
     followed = _all_revisions(storage)

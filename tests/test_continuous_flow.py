@@ -20,7 +20,7 @@ from etcd_backup.continuous.catalog import Catalog
 from etcd_backup.storage.local import LocalStorage as LocalStore
 from flows.backup import list_backups, prune_backups
 from flows.continuous import continuous_backup
-from tests.continuous_helpers import WriteLoad, access_of, revision_now
+from tests.continuous_helpers import WriteLoad, access_of, revision_now, stop_write_loads  # noqa: F401 - autouse fixture
 from tests.prefect_fixtures import register_secret
 from tests.restore_helpers import artifacts
 from tests.servers.fixtures import make_s3
@@ -153,7 +153,9 @@ def test_lag_alert_when_storage_stalls(prefect_api, make_etcd_cluster, seaweedfs
         thread = threading.Thread(target=lambda: box.update(result=continuous_backup(**params)), daemon=True)
         thread.start()
         direct = make_s3(seaweedfs, bucket)
-        _until(lambda: any(".evl.zst" in o.key for o in direct.list("")), 60, "no segment uploaded")
+        stored = lambda: " ".join(o.key for o in direct.list(""))  # noqa: E731
+        both = lambda: ".evl.zst" in stored() and ".db.zst.manifest.json" in stored()  # noqa: E731
+        _until(both, 60, "no segment or no full backup uploaded (the stall must come after both)")
         proxy.cut_after(0)
         _until(lambda: any("lags" in t for t in texts), 30, f"no lag alert: {texts}")
         proxy.heal()

@@ -6,7 +6,8 @@ follower fails over) and started again; two targets are drawn at random after th
 digests kept; the source is compacted past both; full backup B2; more load. So each target lies between
 two full backups, after a failover of the watcher, and before a compaction the source can no longer read
 behind. The tests then break quorum and restore: a missing and a corrupt segment refuse before any node is
-touched; a revision and a time before them restore exactly. Tests run in file order on one worker.
+touched; a revision before them restores exactly (revision and key digest); a time is planned and rebuilt by a
+dry run, which must reach the last revision received at or before it. Tests run in file order on one worker.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from etcd_backup.continuous.timeline import from_ns
 from etcd_backup.continuous.watch import Follower
 from etcd_backup.storage.local import LocalStorage as LocalStore
 from flows.restore_cluster import restore_cluster
-from tests.continuous_helpers import Run, WriteLoad, digest, revision_now
+from tests.continuous_helpers import Run, WriteLoad, digest, revision_now, stop_write_loads  # noqa: F401 - autouse fixture
 from tests.fleet.data import fill
 from tests.restore_helpers import artifacts, fleet_state, planned_steps, save_cluster_block
 
@@ -123,29 +124,32 @@ def history(prefect_api, module_fleet, tmp_path_factory) -> History:
     store_dir = tmp_path_factory.mktemp("pitr-store")
     store = LocalStore(store_dir)
     load = WriteLoad(access, rate=120, seed=41, lease_ttl=3).start()
-    backup = ContinuousBackup(
-        access, store, CLUSTER_ID, start_revision=None, segment_seconds=0.5, progress_interval=0.5
-    )
-    run = Run(backup)
-    first = pipeline.backup(access, store, cluster_id=CLUSTER_ID)
-    time.sleep(2)
-    failover = _fail_over(fleet, backup, load, access)
-    _until(lambda: load.acked[-1][0] > failover + 200, 60, "the load did not go on after the failover")
-    now = max(revision_now(access, e) for e in access.endpoints)
-    rnd = random.Random(41)
-    to_revision, picked = rnd.randint(failover, now), rnd.randint(failover, now)
-    _until(lambda: backup.writer.uploaded_revision >= now, 60, f"not uploaded: {backup.lag()}")
-    when, time_revision = _received(store, picked)
-    targets = (to_revision, time_revision)
-    digests = {t: digest(access, access.endpoints[0], t) for t in targets}
-    leased = {t: _leased(access, t) for t in targets}
-    with etcd.channel(access, access.endpoints[0]) as chan:  # the source can no longer read the targets
-        etcdrpc.KVStub(chan).Compact(etcdrpc.CompactionRequest(revision=now, physical=True), timeout=30)
-    time.sleep(1.5)
-    second = pipeline.backup(access, store, cluster_id=CLUSTER_ID)
-    time.sleep(2)
-    load.stop()
-    run.drain_and_stop(access)
+    try:  # the load never outlives the fixture, even when it fails
+        backup = ContinuousBackup(
+            access, store, CLUSTER_ID, start_revision=None, segment_seconds=0.5, progress_interval=0.5
+        )
+        run = Run(backup)
+        first = pipeline.backup(access, store, cluster_id=CLUSTER_ID)
+        time.sleep(2)
+        failover = _fail_over(fleet, backup, load, access)
+        _until(lambda: load.acked[-1][0] > failover + 200, 60, "the load did not go on after the failover")
+        now = max(revision_now(access, e) for e in access.endpoints)
+        rnd = random.Random(41)
+        to_revision, picked = rnd.randint(failover, now), rnd.randint(failover, now)
+        _until(lambda: backup.writer.uploaded_revision >= now, 60, f"not uploaded: {backup.lag()}")
+        when, time_revision = _received(store, picked)
+        targets = (to_revision, time_revision)
+        digests = {t: digest(access, access.endpoints[0], t) for t in targets}
+        leased = {t: _leased(access, t) for t in targets}
+        with etcd.channel(access, access.endpoints[0]) as chan:  # the source can no longer read the targets
+            etcdrpc.KVStub(chan).Compact(etcdrpc.CompactionRequest(revision=now, physical=True), timeout=30)
+        time.sleep(1.5)
+        second = pipeline.backup(access, store, cluster_id=CLUSTER_ID)
+        time.sleep(2)
+        load.stop()
+        run.drain_and_stop(access)
+    finally:
+        load.stop()
     assert first.revision < min(targets) and max(targets) < now < second.revision
     cluster, storage = f"pitr-{secrets.token_hex(4)}", f"pitr-store-{secrets.token_hex(4)}"
     save_cluster_block(fleet, CLUSTER_ID, cluster)
@@ -211,10 +215,22 @@ def test_missing_or_corrupt_segment_refuses_before_any_node_changes(history):
     before = fleet_state(history.fleet)
     state = _restore(history, to_revision=missing.last_revision, confirm=True)
     assert state.is_failed() and f"{missing.first_revision}..{missing.last_revision}" in state.message, state.message
-    assert fleet_state(history.fleet) == before
     state = _restore(history, to_revision=corrupt.last_revision, confirm=True)
     assert state.is_failed() and corrupt.key in state.message and "sha256" in state.message, state.message
     assert fleet_state(history.fleet) == before
+
+
+def test_restore_to_a_time(history):
+    """A dry run: it rebuilds and checks the snapshot at the revision it reaches; the rest is the revision path."""
+    dry = _restore(history, to_time=history.time_target, dry_run=True)
+    assert dry.is_completed(), dry.message
+    planned = dry.result()
+    assert planned["to_revision"] == history.time_revision and planned["time"] == history.time_target.isoformat()
+    assert planned["backup"] == history.backups[0].key and planned["segments"] > 0
+    plan = artifacts(dry)[f"restore-plan-{CLUSTER_ID}"]  # the dry run names what it uses and what it reaches
+    for named in (planned["backup"], planned["first_segment"], planned["last_segment"], planned["time"]):
+        assert named in plan, named
+    assert f"revision {history.time_revision}" in plan
 
 
 def test_restore_to_a_revision_before_the_gap(history):
@@ -226,18 +242,3 @@ def test_restore_to_a_revision_before_the_gap(history):
     plan = artifacts(state)[f"restore-plan-{CLUSTER_ID}"]
     assert "--bump-revision/--mark-compacted are not used" in plan and f"revision {history.to_revision}" in plan
     assert all("bump" not in step for step in planned_steps(plan))
-
-
-def test_restore_to_a_time(history):
-    dry = _restore(history, to_time=history.time_target, dry_run=True)
-    assert dry.is_completed(), dry.message
-    planned = dry.result()
-    assert planned["to_revision"] == history.time_revision and planned["time"] == history.time_target.isoformat()
-    assert planned["backup"] == history.backups[0].key and planned["segments"] > 0
-    plan = artifacts(dry)[f"restore-plan-{CLUSTER_ID}"]  # the dry run names what it uses and what it reaches
-    for named in (planned["backup"], planned["first_segment"], planned["last_segment"], planned["time"]):
-        assert named in plan, named
-    assert f"revision {history.time_revision}" in plan
-    state = _restore(history, to_time=history.time_target, confirm=True)
-    assert state.is_completed(), state.message
-    _assert_restored_at(history, state.result(), history.time_revision)
