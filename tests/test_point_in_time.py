@@ -2,12 +2,14 @@
 
 One history for the module: a steady write load (puts, updates, deletes, multi-key transactions, keys on
 3-second leases that expire) is followed into segments; full backup B1; the watched member is killed (the
-follower fails over) and started again; two targets are drawn at random after the failover and their key
-digests kept; the source is compacted past both; full backup B2; more load. So each target lies between
-two full backups, after a failover of the watcher, and before a compaction the source can no longer read
-behind. The tests then break quorum and restore: a missing and a corrupt segment refuse before any node is
-touched; a revision before them restores exactly (revision and key digest); a time is planned and rebuilt by a
-dry run, which must reach the last revision received at or before it. Tests run in file order on one worker.
+follower fails over) and started again; the source is compacted at the failover revision; two targets are
+drawn at random after the failover and their key digests kept; the source is compacted past both; full
+backup B2; more load. So each target lies between two full backups, after a failover of the watcher and a
+compaction (the segments replayed cross both), and behind a compaction: the source can no longer read them.
+The tests then break quorum and restore: a missing and a corrupt segment refuse before any node is touched;
+a time is planned and rebuilt by a dry run, which must reach the last revision received at or before it; a
+revision before the damaged segments restores exactly (revision and key digest). Tests run in file order
+on one worker.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ def _fail_over(fleet, backup: ContinuousBackup, load: WriteLoad, access: etcd.Et
     return resumed
 
 
+def _compact(access: etcd.EtcdAccess, revision: int) -> None:
+    with etcd.channel(access, access.endpoints[0]) as chan:
+        etcdrpc.KVStub(chan).Compact(etcdrpc.CompactionRequest(revision=revision, physical=True), timeout=30)
+
+
 def _until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -132,6 +139,7 @@ def history(prefect_api, module_fleet, tmp_path_factory) -> History:
         first = pipeline.backup(access, store, cluster_id=CLUSTER_ID)
         time.sleep(2)
         failover = _fail_over(fleet, backup, load, access)
+        _compact(access, failover)  # the segments from B1 to the targets cross a compaction of the source
         _until(lambda: load.acked[-1][0] > failover + 200, 60, "the load did not go on after the failover")
         now = max(revision_now(access, e) for e in access.endpoints)
         rnd = random.Random(41)
@@ -141,8 +149,7 @@ def history(prefect_api, module_fleet, tmp_path_factory) -> History:
         targets = (to_revision, time_revision)
         digests = {t: digest(access, access.endpoints[0], t) for t in targets}
         leased = {t: _leased(access, t) for t in targets}
-        with etcd.channel(access, access.endpoints[0]) as chan:  # the source can no longer read the targets
-            etcdrpc.KVStub(chan).Compact(etcdrpc.CompactionRequest(revision=now, physical=True), timeout=30)
+        _compact(access, now)  # the source can no longer read the targets
         time.sleep(1.5)
         second = pipeline.backup(access, store, cluster_id=CLUSTER_ID)
         time.sleep(2)
