@@ -111,6 +111,11 @@ class Manifest(BaseModel):
     # request saw the same revision, so the snapshot holds exactly this revision.
     revision: int
     revision_exact: bool
+    # revision_low: a count just before the snapshot request: the snapshot holds a revision in [revision_low, revision]
+    # (None in manifests written before it was recorded); etcd_cluster_id: etcd's own cluster id (hex), which a
+    # whole-cluster restore changes, so segments followed after a restore never mix with older ones
+    revision_low: int | None = None
+    etcd_cluster_id: str = ""
     key_count: int
     etcd_version: str
     source_member: str

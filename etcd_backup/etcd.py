@@ -114,6 +114,7 @@ class EndpointStatus:
     raft_term: int
     revision: int
     is_learner: bool
+    cluster_id: int = 0  # etcd's own cluster id (a whole-cluster restore gives a new one)
 
     @property
     def is_leader(self) -> bool:
@@ -235,6 +236,7 @@ def status(access: EtcdAccess, endpoint: str) -> EndpointStatus:
         raft_term=resp.raftTerm,
         revision=resp.header.revision,
         is_learner=_flag(resp, STATUS_IS_LEARNER),
+        cluster_id=resp.header.cluster_id,
     )
 
 

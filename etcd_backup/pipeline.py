@@ -97,6 +97,8 @@ class _Job:
             **_digests(stored, check),
             revision=rev_after,
             revision_exact=rev_before == rev_after,
+            revision_low=rev_before,
+            etcd_cluster_id=f"{st.cluster_id:x}" if st.cluster_id else "",
             certificate=certificate,
             key_count=keys,
             etcd_version=st.version,

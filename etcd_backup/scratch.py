@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,21 @@ class ScratchEtcd:
     (from `snapshot status`: the scratch's live revision moves on when one of the snapshot's leases expires),
     `served_revision` the revision etcd reported once it served (lower than `revision` when data did not load),
     and `version` the etcd version used. On exit, also after an error, etcd is stopped and the directory deleted.
+    `flags` are added to etcd's command line (e.g. --max-txn-ops for a replay); `no_fsync` adds --unsafe-no-fsync
+    where etcd has it (3.5+): the copy is thrown away, so speed matters more than surviving a power cut.
     """
 
-    def __init__(self, snapshot: str | Path, *, etcd_dir: str | Path | None = None, workdir: str | Path | None = None):
+    def __init__(
+        self,
+        snapshot: str | Path,
+        *,
+        etcd_dir: str | Path | None = None,
+        workdir: str | Path | None = None,
+        flags: Sequence[str] = (),
+        no_fsync: bool = False,
+    ):
         self.snapshot = Path(snapshot)
+        self.flags, self.no_fsync = list(flags), no_fsync
         self.tools = find_tools(etcd_dir)
         self.version = self.tools.version
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir())
@@ -165,7 +177,7 @@ class ScratchEtcd:
         argv = [str(tool), "snapshot", "restore", str(self.snapshot), f"--data-dir={data}", *_cluster_flags(peer)]
         env = {**os.environ, "ETCDCTL_API": "3"}
         with ThreadPoolExecutor(1) as pool:
-            status = pool.submit(_snapshot_revision, tool, self.snapshot)
+            status = pool.submit(snapshot_revision, tool, self.snapshot)
             done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=3600)
             if done.returncode != 0:
                 raise BackupCorrupt(
@@ -186,6 +198,8 @@ class ScratchEtcd:
             f"--listen-peer-urls=http://127.0.0.1:{peer}",
             f"--quota-backend-bytes={max(DEFAULT_QUOTA, 2 * self.snapshot.stat().st_size)}",
             *_cluster_flags(peer),
+            *self.flags,
+            *(["--unsafe-no-fsync"] if self.no_fsync and _at_least(self.version, (3, 5)) else []),
         ]
         if _at_least(self.version, (3, 4)):
             argv.append("--logger=zap")  # JSON lines whose fatal entry names the reason (3.4 defaults to capnslog)
@@ -245,7 +259,7 @@ class ScratchEtcd:
             process.wait()
 
 
-def _snapshot_revision(tool: Path, snapshot: Path) -> tuple[int | None, str]:
+def snapshot_revision(tool: Path, snapshot: Path) -> tuple[int | None, str]:
     """The snapshot's revision from `snapshot status` (etcd's own reading of the file), or None and why not."""
     argv = [str(tool), "snapshot", "status", "-w", "json", str(snapshot)]
     done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=3600)

@@ -11,11 +11,13 @@ from etcd_backup.catalog import BackupRecord
 from etcd_backup.compression import Compression
 from etcd_backup.errors import ConfigError
 from etcd_backup.retention import Retention
+from flows.continuous_report import coverage_report
 from flows.failures import readable_failures
 from flows.notify import notify_on_failure
 from flows.report import backup_report, backups_table, retention_report
 from flows.verify import verify_steps
 from tasks import backup as steps
+from tasks import continuous
 from tasks.cluster import endpoint_health
 
 
@@ -57,15 +59,18 @@ def backup_etcd(
             verify_steps(store, target.cluster_id, record.key, age, None)
         plan = steps.plan_retention(store, target.cluster_id, keep)
         removed = steps.prune(store, plan, dry_run=False)
-    backup_report(record, plan, removed)
-    get_run_logger().info("backup %s done; %d old backup(s) pruned", record.key, len(removed))
+        segments, removed_segments = continuous.prune_segments(store, target.cluster_id, plan, dry_run=False)
+    backup_report(record, plan, removed, segments, removed_segments)
+    get_run_logger().info(
+        "backup %s done; %d old backup(s) and %d segment(s) pruned", record.key, len(removed), len(removed_segments)
+    )
     return record
 
 
 @flow(name=flow_names.LIST_BACKUPS)
 @readable_failures
 def list_backups(cluster: str, storage: str) -> list[dict]:
-    """Show every backup of the cluster in storage as a table.
+    """Show every backup of the cluster in storage as a table, and what continuous backup lets a restore reach.
 
     Args:
         cluster: name of the EtcdCluster block
@@ -74,13 +79,15 @@ def list_backups(cluster: str, storage: str) -> list[dict]:
     cluster_id = load_cluster(cluster).cluster_id
     with load_storage(storage).build() as store:
         backups = steps.list_backups(store, cluster_id)
+        found, catalog = continuous.coverage(store, cluster_id)
+        coverage_report(cluster_id, found, catalog)
     return backups_table(cluster_id, backups)
 
 
 @flow(name=flow_names.PRUNE_BACKUPS)
 @readable_failures
 def prune_backups(cluster: str, storage: str, keep: Retention = 7, dry_run: bool = True) -> list[str]:
-    """Apply retention to the cluster's backups; by default only say what would be deleted.
+    """Apply retention to the cluster's backups and their segments; by default only say what would be deleted.
 
     Args:
         cluster: name of the EtcdCluster block
@@ -93,5 +100,6 @@ def prune_backups(cluster: str, storage: str, keep: Retention = 7, dry_run: bool
     with load_storage(storage).build() as store:
         plan = steps.plan_retention(store, cluster_id, keep)
         removed = steps.prune(store, plan, dry_run=dry_run)
-    retention_report(cluster_id, plan, removed, dry_run)
-    return removed
+        segments, removed_segments = continuous.prune_segments(store, cluster_id, plan, dry_run=dry_run)
+    retention_report(cluster_id, plan, removed, dry_run, segments, removed_segments)
+    return removed + removed_segments

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from etcd_backup.catalog import Backup, BackupRecord
+from etcd_backup.continuous.prune import SegmentRetention
 from etcd_backup.retention import RetentionPlan
 from tasks.artifacts import artifact_key
 
@@ -18,7 +19,13 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def backup_report(record: BackupRecord, plan: RetentionPlan, removed: list[str]) -> None:
+def backup_report(
+    record: BackupRecord,
+    plan: RetentionPlan,
+    removed: list[str],
+    segments: SegmentRetention | None = None,
+    removed_segments: list[str] | None = None,
+) -> None:
     """Table of the new backup plus what retention kept and removed."""
     row = {
         "key": record.key,
@@ -34,7 +41,7 @@ def backup_report(record: BackupRecord, plan: RetentionPlan, removed: list[str])
     create_table_artifact(
         key=artifact_key("backup", record.cluster), table=[row], description=f"Backup of {record.cluster}"
     )
-    retention_report(record.cluster, plan, removed, dry_run=False)
+    retention_report(record.cluster, plan, removed, False, segments, removed_segments)
 
 
 def _verified(backup: Backup) -> str:
@@ -45,17 +52,36 @@ def _verified(backup: Backup) -> str:
     return f"{'ok' if v.ok else 'FAILED'} {v.verified_at:%Y-%m-%d %H:%M}"
 
 
-def retention_report(cluster_id: str, plan: RetentionPlan, removed: list[str], dry_run: bool) -> None:
-    """Markdown list of every backup with the reason it is kept or removed."""
+def retention_report(
+    cluster_id: str,
+    plan: RetentionPlan,
+    removed: list[str],
+    dry_run: bool,
+    segments: SegmentRetention | None = None,
+    removed_segments: list[str] | None = None,
+) -> None:
+    """Markdown list of every backup with the reason it is kept or removed, and what happened to segments."""
     verb = "would remove" if dry_run else "removed"
     lines = [f"# Retention for {cluster_id}", "", "| backup | decision | reason |", "|---|---|---|"]
     for b in sorted(plan.keep + plan.remove, key=lambda b: b.time, reverse=True):
         decision = verb if b.key in removed else "keep"
         lines.append(f"| `{b.key}` | {decision} | {plan.reasons.get(b.key, '')} |")
     lines += ["", *(f"**Warning:** {w}" for w in plan.warnings)] if plan.warnings else []
+    lines += (
+        segment_lines(segments, removed_segments or [], verb) if segments and segments.keep + segments.remove else []
+    )
     create_markdown_artifact(
         "\n".join(lines), key=artifact_key("retention", cluster_id), description=f"Retention decisions for {cluster_id}"
     )
+
+
+def segment_lines(segments: SegmentRetention, removed: list[str], verb: str, shown: int = 20) -> list[str]:
+    """Continuous backup segments: how many are kept and removed, and the removed ones (the first `shown`)."""
+    lines = ["", f"## Segments: keep {len(segments.keep)}, {verb} {len(removed)}", ""]
+    lines += [f"- {verb} `{key}` ({segments.reasons.get(key, '')})" for key in removed[:shown]]
+    if len(removed) > shown:
+        lines.append(f"- ... and {len(removed) - shown} more")
+    return lines
 
 
 def backups_table(cluster_id: str, backups: list[Backup]) -> list[dict]:

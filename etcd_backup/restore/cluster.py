@@ -77,8 +77,8 @@ def check_nodes(facts: list[RestoreFacts], snapshot: VerifyResult) -> None:
         raise RestoreRefused(f"not enough free disk (need {need} bytes): " + "; ".join(short), step="check disk")
 
 
-def _tool(f: RestoreFacts, retained: RestoreFacts, spec: ClusterSpec) -> tuple[str, str, bool]:
-    """(tool name, its path, bump supported) of the node once refilled."""
+def _tool(f: RestoreFacts, retained: RestoreFacts, spec: ClusterSpec, bump: bool = True) -> tuple[str, str, bool]:
+    """(tool name, its path, whether to bump the revision: wanted and supported) of the node once refilled."""
     own = f.node.files.get("etcd_bin")
     version = c.parse_version(f.node.etcd_version if own else retained.node.etcd_version)
     if version is None:
@@ -92,7 +92,7 @@ def _tool(f: RestoreFacts, retained: RestoreFacts, spec: ClusterSpec) -> tuple[s
             node=f.name,
         )
     path = spec.layout.etcdutl_bin if tool == "etcdutl" else spec.layout.etcdctl_bin
-    return tool, path, c.supports_bump(version)
+    return tool, path, bump and c.supports_bump(version)
 
 
 def _conf(f: RestoreFacts, retained: RestoreFacts, spec: ClusterSpec, token: str) -> str:
@@ -130,7 +130,7 @@ def plan_cluster_restore(
         )
     layout, run_id = spec.layout, options.run_id
     run = c.run_dir(layout.data_dir, run_id)
-    tools = {f.name: _tool(f, keep, spec) for f in facts}
+    tools = {f.name: _tool(f, keep, spec, bump=not options.point_in_time) for f in facts}
     wire = "zstd" if options.wire == "zstd" and all(f.files.get("zstd") for f in facts) else "raw"
     planned: list = []
     for f in facts:
@@ -148,8 +148,8 @@ def plan_cluster_restore(
         cluster_id=spec.cluster_id,
         run_id=run_id,
         steps=order(planned, PHASES),
-        header=_header(snapshot, keep.name, token, run_id, tool_names),
-        notes=_notes(tools, keep, spec, run_id, wire, facts),
+        header=_header(snapshot, keep.name, token, run_id, tool_names, options.point_in_time),
+        notes=_notes(tools, keep, spec, run_id, wire, facts, bool(options.point_in_time)),
         info={"backup": snapshot.key, "retained": keep.name, "token": token, "tools": tool_names, "wire": wire},
     )
 
@@ -181,17 +181,22 @@ def _kubernetes(f: RestoreFacts, keep: RestoreFacts, spec: ClusterSpec, run: str
     return steps.restart_kube(f) if "kube-apiserver" in f.kube_active else []
 
 
-def _header(snapshot: VerifyResult, retained: str, token: str, run_id: str, tools: dict[str, str]) -> tuple[str, ...]:
+def _header(
+    snapshot: VerifyResult, retained: str, token: str, run_id: str, tools: dict[str, str], point_in_time: str = ""
+) -> tuple[str, ...]:
     s = snapshot
     content = f", revision {s.revision}, {s.key_count} keys" if s.revision is not None else ", legacy: no manifest"
+    what = f"point in time: {point_in_time}; snapshot" if point_in_time else "backup"
     return (
-        f"backup: `{s.key}` ({s.raw_size} bytes raw, sha256 `{s.raw_sha256[:16]}…`{content})",
+        f"{what}: `{s.key}` ({s.raw_size} bytes raw, sha256 `{s.raw_sha256[:16]}…`{content})",
         f"retained node: **{retained}**; run id `{run_id}`; new cluster token `{token}`",
         "restore tool per node: " + ", ".join(f"{n}: `{t}`" for n, t in tools.items()),
     )
 
 
-def _notes(tools, keep: RestoreFacts, spec: ClusterSpec, run_id: str, wire: str, facts) -> tuple[str, ...]:
+def _notes(
+    tools, keep: RestoreFacts, spec: ClusterSpec, run_id: str, wire: str, facts, point_in_time: bool = False
+) -> tuple[str, ...]:
     run, aside = c.run_dir(spec.layout.data_dir, run_id), c.aside_dir(spec.layout.data_dir, run_id)
     lacking = [f.name for f in facts if not f.files.get("zstd")]
     notes = [
@@ -204,7 +209,13 @@ def _notes(tools, keep: RestoreFacts, spec: ClusterSpec, run_id: str, wire: str,
         "if any step fails, every started step is undone in reverse order (data dirs and files put back, "
         "etcd started again where it ran)",
     ]
-    if any(not bump for _, _, bump in tools.values()):
+    if point_in_time:
+        notes.append(
+            "point-in-time restore: --bump-revision/--mark-compacted are not used, so the restored cluster's "
+            "revision is exactly the target, below what watchers saw (the apiservers the plan stopped start again "
+            "with empty watch caches; restart any other client that watches etcd)"
+        )
+    elif any(not bump for _, _, bump in tools.values()):
         notes.append(
             "--bump-revision/--mark-compacted are not used where the node's etcd lacks them "
             "(3.5.10+, 3.4.27+): Kubernetes watchers may need a restart of the apiservers"

@@ -18,11 +18,14 @@ class RestoreOptions:
     """Choices of one restore run: its id (a UTC timestamp), the Kubernetes control plane, the snapshot's wire codec.
 
     wire: "zstd" (when every node has zstd; the default) or "raw" to send the snapshot uncompressed.
+    point_in_time: what a point-in-time restore rebuilt (one line), or "" for a plain backup; such a restore
+    never uses --bump-revision, so the restored revision is exactly the target.
     """
 
     run_id: str
     restore_control_plane: bool = False
     wire: str = "zstd"
+    point_in_time: str = ""
 
 
 @dataclass(frozen=True)
