@@ -22,8 +22,9 @@ import select
 import shlex
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import fabric
 import paramiko
@@ -35,6 +36,7 @@ from etcd_backup.errors import ConfigError, NodeError
 from etcd_backup.storage.base import Readable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK = 64 * 1024
 
@@ -148,14 +150,29 @@ class Node:
         stdin: bytes | Readable | None = None,
     ) -> tuple[bytes, bytes, int]:
         """Run cmd and return raw stdout, stderr and exit code."""
+        err = bytearray()
+        out, (code, broken) = _collect(self._output(cmd, timeout, err, sudo=sudo, env=env, stdin=stdin))
+        if broken and code == 0:
+            raise self._error(f"`{_short(cmd)}` stopped reading its input: {broken}", step="run")
+        return out, bytes(err), code
+
+    def _output(
+        self,
+        cmd: str,
+        timeout: float,
+        err: bytearray,
+        *,
+        sudo: bool | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bytes | Readable | None = None,
+    ) -> Generator[bytes, None, tuple[int, str | None]]:
+        """Run cmd: yield its stdout as it arrives, collect stderr into err; return (exit code, why stdin stopped)."""
         deadline = time.monotonic() + timeout
         chan = self._open(cmd, sudo=sudo, env=env, deadline=deadline)
         try:
             broken = self._send(chan, stdin, deadline, cmd) if stdin is not None else None
             chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            for chunk in self._chunks(chan, deadline, err, cmd):
-                out += chunk
+            yield from self._chunks(chan, deadline, err, cmd)
             code = self._status(chan, deadline, cmd)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._lost(cmd, exc) from None
@@ -163,9 +180,7 @@ class Node:
             chan.close()
         if code == -1 and not self._alive():
             raise self._lost(cmd)
-        if broken and code == 0:
-            raise self._error(f"`{_short(cmd)}` stopped reading its input: {broken}", step="run")
-        return bytes(out), bytes(err), code
+        return code, broken
 
     def _alive(self) -> bool:
         """True while the SSH connection is up."""
@@ -332,19 +347,8 @@ class Node:
 
     def stream(self, cmd: str, *, timeout: float = 600.0, step: str = "run") -> Iterator[bytes]:
         """Yield a command's stdout as it arrives; raises NodeError after the end when it failed."""
-        deadline = time.monotonic() + timeout
-        chan = self._open(cmd, sudo=None, env=None, deadline=deadline)
-        try:
-            chan.shutdown_write()
-            err = bytearray()
-            yield from self._chunks(chan, deadline, err, cmd)
-            code = self._status(chan, deadline, cmd)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._lost(cmd, exc) from None
-        finally:
-            chan.close()
-        if code == -1 and not self._alive():
-            raise self._lost(cmd)
+        err = bytearray()
+        code, _ = yield from self._output(cmd, timeout, err)
         if code != 0:
             raise self._failed(cmd, code, err.decode(errors="replace"), step=step)
 
@@ -402,6 +406,16 @@ class _StreamReader:
 def nodes_of(spec: ClusterSpec) -> list[Node]:
     """A Node for every master of the cluster, in spec order."""
     return [Node.of(spec, n) for n in spec.nodes]
+
+
+def _collect(output: Generator[bytes, None, T]) -> tuple[bytes, T]:
+    """All the chunks a generator yields, and what it returns."""
+    chunks = bytearray()
+    while True:
+        try:
+            chunks += next(output)
+        except StopIteration as done:
+            return bytes(chunks), done.value
 
 
 def _short(cmd: str) -> str:

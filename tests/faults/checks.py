@@ -35,8 +35,9 @@ def key_digest(cluster, member: int | None = None) -> str:
     """sha256 over every key, value and mod revision the member (default: the first running one) serves."""
     endpoint = cluster.endpoints[member] if member is not None else cluster.running()[0].client_url
     access = access_of(cluster, [endpoint])
+    request = etcdrpc.RangeRequest(key=b"\0", range_end=b"\0", serializable=True)  # no leader needed mid-election
     with etcd.channel(access, access.endpoints[0]) as chan:
-        kvs = etcdrpc.KVStub(chan).Range(etcdrpc.RangeRequest(key=b"\0", range_end=b"\0"), timeout=30).kvs
+        kvs = etcdrpc.KVStub(chan).Range(request, timeout=30).kvs
     digest = hashlib.sha256()
     for kv in sorted(kvs, key=lambda kv: kv.key):
         digest.update(b"%d:%s=%d:%s@%d;" % (len(kv.key), kv.key, len(kv.value), kv.value, kv.mod_revision))
