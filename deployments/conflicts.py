@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from deployments.build import plain
 
@@ -28,23 +29,23 @@ def conflicts(deployments: list, replace: bool = False, ours: Callable[[str | No
 
     if replace:
         return []
-    problems = []
-    with get_client(sync_client=True) as client:
-        for d in deployments:
+
+    def problem(d) -> str | None:
+        with get_client(sync_client=True) as client:
             try:
                 existing = client.read_deployment_by_name(f"{d.flow_name}/{d.name}")
             except ObjectNotFound:
-                continue
-            if ours is not None and ours(existing.description):
-                continue
-            changes = changes_to(existing, d)
-            if changes:
-                who = manager(existing.description) or "someone else (no 'Served by' in its description)"
-                problems.append(
-                    f"deployment {d.flow_name}/{d.name} already exists, {who}; this file would change "
-                    f"{'; '.join(changes)}"
-                )
-    return problems
+                return None
+        if ours is not None and ours(existing.description):
+            return None
+        changes = changes_to(existing, d)
+        if not changes:
+            return None
+        who = manager(existing.description) or "someone else (no 'Served by' in its description)"
+        return f"deployment {d.flow_name}/{d.name} already exists, {who}; this file would change {'; '.join(changes)}"
+
+    with ThreadPoolExecutor(8) as threads:  # one read each: 7 per cluster
+        return [p for p in threads.map(problem, deployments) if p]
 
 
 def changes_to(existing, new) -> list[str]:

@@ -12,8 +12,11 @@ from pathlib import Path
 import psutil
 from prefect.client.schemas.objects import StateType
 
+from tests.servers.tcp_proxy import TCPProxy
+
 TERMINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 PAGE = 200
+STALL_AFTER = 64 * 1024  # bytes of an upload relayed before the relay holds it
 
 
 def deploy(cluster, config: Path, *extra: str) -> str:
@@ -156,3 +159,18 @@ class MemorySampler(threading.Thread):
                 rss["flow-run process"] = max(rss.get("flow-run process", 0), child.memory_info().rss)
         for key, value in rss.items():
             self.peak[key] = max(self.peak.get(key, 0), value // 2**20)
+
+
+class Stall:
+    """Hold an upload through the relay once STALL_AFTER bytes went through, until released."""
+
+    def __init__(self, relay: TCPProxy):
+        self.stalled, self.go = threading.Event(), threading.Event()
+        relay.when_relayed(STALL_AFTER, self._hold)
+
+    def _hold(self) -> None:
+        self.stalled.set()
+        self.go.wait(50)  # below the S3 client's 60 s timeout
+
+    def wait(self, timeout: float = 120) -> None:
+        assert self.stalled.wait(timeout), "the upload never reached the relay"

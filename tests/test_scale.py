@@ -3,8 +3,8 @@
 One server, one pool and two `prefect worker start` processes for the module (tests/servers/scale_fixtures.py),
 20 single-member etcd clusters backed up to one S3 bucket (SeaweedFS), deployed by the real command
 `python -m deployments deploy` from one backups.toml, every cluster on the same cron minutes. The tests share
-that timeline and run in file order: the restore-lock test uses the minute before the first tick, then the
-two ticks, then a worker killed between ticks and the next tick.
+that timeline and run in file order: the restore-lock test (its own cluster, relay and deployment) while the
+first tick comes, then the two ticks, then a worker killed between ticks and the next tick.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from tests.fleet.etcd_cluster import EtcdCluster
 from tests.fleet.fixtures import start
 from tests.restore_helpers import save_cluster_block
 from tests.scale_helpers import (
+    Stall,
     deploy,
     deployment_ids,
     max_overlap,
@@ -48,9 +48,8 @@ pytestmark = [pytest.mark.scale, pytest.mark.slow, pytest.mark.xdist_group("scal
 
 CLUSTERS = 20
 AT_ONCE = 4  # [limits] backups_at_once
-TICKS = 4  # cron minutes: two for the ticks test, then the kill test's next tick (and one spare)
-LEAD_SECONDS = 25  # from the end of `deploy` to the first tick: the scheduler creates the runs meanwhile
-STALL_AFTER = 64 * 1024  # bytes of an upload relayed before the relay holds it
+MINUTES = 7  # cron minutes from the first one on: ticks lost to a slow deploy are skipped, two + one are needed
+LEAD_SECONDS = 20  # from the end of `deploy` to the first tick: the scheduler creates the runs meanwhile
 
 
 class Scale:
@@ -61,14 +60,16 @@ class Scale:
         self.names = [f"c{i:02d}" for i in range(CLUSTERS)]
         self.bucket = seaweedfs.make_bucket()
         self.store = make_s3(seaweedfs, self.bucket)
-        self.relay = TCPProxy("127.0.0.1", int(seaweedfs.endpoint.rsplit(":", 1)[1])).start()
+        port = int(seaweedfs.endpoint.rsplit(":", 1)[1])
+        self.relay = TCPProxy("127.0.0.1", port).start()  # c00's uploads (the kill test holds one)
+        self.lock_relay = TCPProxy("127.0.0.1", port).start()  # the restore-lock test's cluster's
         self.seaweedfs = seaweedfs
         self.etcds: dict[str, EtcdCluster] = {}
         self.ticks: list[datetime] = []
 
-    def storage_block(self, name: str, relayed: bool) -> str:
-        """Save an S3 storage block on the module's bucket (through the relay when relayed)."""
-        endpoint = f"http://127.0.0.1:{self.relay.port}" if relayed else self.seaweedfs.endpoint
+    def storage_block(self, name: str, relay: TCPProxy | None) -> str:
+        """Save an S3 storage block on the module's bucket (through a relay when given)."""
+        endpoint = f"http://127.0.0.1:{relay.port}" if relay else self.seaweedfs.endpoint
         S3Block(
             endpoint_url=endpoint,
             bucket=self.bucket,
@@ -80,7 +81,7 @@ class Scale:
 
     def config(self, first_tick: datetime) -> Path:
         """backups.toml: every cluster on the same cron minutes; c00 stores through the relay."""
-        self.ticks = [first_tick + timedelta(minutes=k) for k in range(TICKS)]
+        self.ticks = [first_tick + timedelta(minutes=k) for k in range(MINUTES)]
         minutes = ",".join(str(t.minute) for t in self.ticks)
         text = f"[limits]\nbackups_at_once = {AT_ONCE}\n"
         for name in self.names:
@@ -96,6 +97,10 @@ class Scale:
     def backups_before(self, name: str, moment: datetime) -> list:
         """The listed backups of a cluster taken before moment."""
         return [b for b in list_backups(self.store, cluster_id(name)) if b.time < moment]
+
+    def backups_between(self, name: str, start: datetime, end: datetime) -> list:
+        """The listed backups of a cluster taken in [start, end)."""
+        return [b for b in list_backups(self.store, cluster_id(name)) if start <= b.time < end]
 
 
 def cluster_id(name: str) -> str:
@@ -114,11 +119,12 @@ def scale(prefect_cluster, seaweedfs, fleet_pki, tmp_path_factory):
     setup = Scale(prefect_cluster, seaweedfs, tmp)
     with contextlib.ExitStack() as stack, prefect_cluster.settings():
         stack.callback(setup.relay.stop)
+        stack.callback(setup.lock_relay.stop)
         with ThreadPoolExecutor(4) as pool:
             started = pool.map(lambda _: start(EtcdCluster(tmp / secrets.token_hex(3), fleet_pki, 1), stack), range(20))
             setup.etcds = dict(zip(setup.names, started, strict=True))
-        setup.storage_block("scale", relayed=False)
-        setup.storage_block("scale-relayed", relayed=True)
+        setup.storage_block("scale", None)
+        setup.storage_block("scale-relayed", setup.relay)
         for name, etcd in setup.etcds.items():
             client = etcd.client(0)
             for k in range(100):  # ~300 KB that does not compress: an upload long enough to stop half way
@@ -132,30 +138,17 @@ def scale(prefect_cluster, seaweedfs, fleet_pki, tmp_path_factory):
                 key_pem=Path(etcd.key).read_text(),
             ).save(name, overwrite=True)
         began = time.monotonic()
-        config = setup.config(first_tick_after(datetime.now(UTC) + timedelta(seconds=30)))
-        print(f"\n{deploy(prefect_cluster, config)}deployed in {time.monotonic() - began:.1f} s; ticks "
+        config = setup.config(first_tick_after(datetime.now(UTC)))
+        output = deploy(prefect_cluster, config)
+        setup.ticks = [t for t in setup.ticks if t >= first_tick_after(datetime.now(UTC))]  # whole ticks only
+        print(f"\n{output}deployed in {time.monotonic() - began:.1f} s; ticks used "
               f"{', '.join(f'{t:%H:%M}' for t in setup.ticks)}")  # fmt: skip
-        assert datetime.now(UTC) < setup.ticks[0] - timedelta(seconds=10), "deploy took too long for the first tick"
+        assert len(setup.ticks) >= 4, f"deploy took {time.monotonic() - began:.0f} s: too few cron minutes left"
         setup.backup_ids = deployment_ids(prefect_cluster, "etcd-backup", setup.names)
         yield setup
         with prefect_cluster.client() as c:
             for deployment_id in setup.backup_ids.values():
                 c.pause_deployment(deployment_id)  # also deletes the runs scheduled for later ticks
-
-
-class Stall:
-    """Hold an upload through the relay once STALL_AFTER bytes went through, until released."""
-
-    def __init__(self, relay: TCPProxy):
-        self.stalled, self.go = threading.Event(), threading.Event()
-        relay.when_relayed(STALL_AFTER, self._hold)
-
-    def _hold(self) -> None:
-        self.stalled.set()
-        self.go.wait(50)  # below the S3 client's 60 s timeout
-
-    def wait(self, timeout: float = 120) -> None:
-        assert self.stalled.wait(timeout), "the upload never reached the relay"
 
 
 def start_run(flow_and_name: str, **parameters):
@@ -190,13 +183,13 @@ def test_a_restore_waits_for_the_running_backup_of_its_cluster_and_a_backup_duri
         data = {m.key: v for v, m in client.get_all()}
     with prefect_cluster.settings():
         save_cluster_block(fleet, "uk8s-scale-lock", "fleetx")
-        scale.storage_block("fleetx", relayed=True)
+        scale.storage_block("fleetx", scale.lock_relay)
         config = tmp_path / "fleetx.toml"
         config.write_text(
             '[[backup]]\ncluster = "fleetx"\nstorage = "s3-storage/fleetx"\ncron = "0 0 1 1 *"\nverify_cron = "none"\n'
         )
         deploy(prefect_cluster, config)  # a second file beside the 20 clusters' one
-        stall = Stall(scale.relay)
+        stall = Stall(scale.lock_relay)
         backup = start_run("etcd-backup/fleetx")
         stall.wait()
         restore = start_run("etcd-restore-cluster/fleetx", force=True)  # asks for the typed name, holding the lock
@@ -247,7 +240,7 @@ def test_two_ticks_of_20_clusters_on_one_cron_minute_give_each_two_good_backups_
     assert {r.state.name for r in runs} == {"Completed"}, [(r.name, r.state.name, r.state.message) for r in runs]
 
     for name in scale.names:
-        backups = scale.backups_before(name, scale.ticks[2])
+        backups = scale.backups_between(name, scale.ticks[0], scale.ticks[2])
         assert len(backups) == 2 and all(b.complete for b in backups), (name, backups)
         assert_restorable(scale.store, cluster_id(name), [b.key for b in backups], tmp_path)
     by_deployment: dict = {}
@@ -298,6 +291,7 @@ def test_a_worker_killed_mid_backup_leaves_a_crashed_run_and_no_partial_backup_a
     assert {worker_of(prefect_cluster, r.id) for r in done} == {survivor}
     assert prefect_cluster.workers[victim].poll() is not None  # still dead: nothing else could have run them
     for name in scale.names:
-        assert len(scale.backups_before(name, following + timedelta(minutes=1))) == 3
+        [made] = scale.backups_between(name, following, following + timedelta(minutes=1))
+        assert made.complete
     print(f"\nkilled {victim}: run Crashed {crashed_after:.0f} s later ({crashed.state.message}); tick "
           f"{following:%H:%M} completed on {survivor} for all {CLUSTERS} clusters")  # fmt: skip
