@@ -1,10 +1,11 @@
 """Many clusters, several workers: a Prefect server on PostgreSQL, a process pool, two workers, the real flows.
 
 One server, one pool and two `prefect worker start` processes for the module (tests/servers/scale_fixtures.py),
-20 single-member etcd clusters backed up to one S3 bucket (SeaweedFS), deployed by the real command
-`python -m deployments deploy` from one backups.toml, every cluster on the same cron minutes. The tests share
-that timeline and run in file order: the restore-lock test (its own cluster, relay and deployment) while the
-first tick comes, then the two ticks, then a worker killed between ticks and the next tick.
+20 single-member etcd clusters backed up to one S3 bucket (SeaweedFS), their backup deployments made by
+deployments/build.py from one backups.toml as `python -m deployments deploy` makes them, every cluster on the
+same cron minutes (the restore-lock test runs the `deploy` command itself). The tests share one timeline and run
+in file order: the restore-lock test (its own cluster, relay and deployment) while the first tick comes, then
+the two ticks, then a worker killed between ticks and the next tick.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from prefect.flow_runs import resume_flow_run
 
 from blocks import EtcdCluster as ClusterBlock
 from blocks import S3Storage as S3Block
+from deployments.build import MODULE, backup_deployment
+from deployments.config import load_config
+from deployments.conflicts import managed_by
 from etcd_backup.catalog import list_backups
+from flows.locks import TRANSFERS, set_limit
 from tests.faults.checks import assert_restorable
 from tests.fleet.etcd_cluster import EtcdCluster
 from tests.fleet.fixtures import start
@@ -103,6 +108,20 @@ class Scale:
         return [b for b in list_backups(self.store, cluster_id(name)) if start <= b.time < end]
 
 
+def deploy_backups(cluster, config: Path) -> str:
+    """The etcd-backup deployments of the file, as `deploy` makes them (build.py), and its transfer limit.
+
+    Only the scheduled ones: `deploy` adds six manual deployments per cluster (140 for 20), which take minutes
+    to create on a loaded 2-core machine; the restore-lock test runs the whole command on its own file.
+    """
+    file = load_config(config)
+    set_limit(TRANSFERS, file.limits.backups_at_once)
+    made = [backup_deployment(s, managed_by("Deployed", "the scale tests"), MODULE) for s in file.backups]
+    with ThreadPoolExecutor(8) as threads:
+        list(threads.map(lambda d: d.apply(work_pool_name=cluster.pool), made))
+    return f"{len(made)} etcd-backup deployments on work pool {cluster.pool}\n"
+
+
 def cluster_id(name: str) -> str:
     return f"uk8s-scale-{name}"
 
@@ -139,7 +158,7 @@ def scale(prefect_cluster, seaweedfs, fleet_pki, tmp_path_factory):
             ).save(name, overwrite=True)
         began = time.monotonic()
         config = setup.config(first_tick_after(datetime.now(UTC)))
-        output = deploy(prefect_cluster, config)
+        output = deploy_backups(prefect_cluster, config)
         setup.ticks = [t for t in setup.ticks if t >= first_tick_after(datetime.now(UTC))]  # whole ticks only
         print(f"\n{output}deployed in {time.monotonic() - began:.1f} s; ticks used "
               f"{', '.join(f'{t:%H:%M}' for t in setup.ticks)}")  # fmt: skip
@@ -188,7 +207,7 @@ def test_a_restore_waits_for_the_running_backup_of_its_cluster_and_a_backup_duri
         config.write_text(
             '[[backup]]\ncluster = "fleetx"\nstorage = "s3-storage/fleetx"\ncron = "0 0 1 1 *"\nverify_cron = "none"\n'
         )
-        deploy(prefect_cluster, config)  # a second file beside the 20 clusters' one
+        deploy(prefect_cluster, config)  # the real command, every deployment of the entry, beside the 20 clusters'
         stall = Stall(scale.lock_relay)
         backup = start_run("etcd-backup/fleetx")
         stall.wait()
