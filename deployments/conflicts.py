@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from deployments.build import plain
 
@@ -44,8 +43,9 @@ def conflicts(deployments: list, replace: bool = False, ours: Callable[[str | No
         who = manager(existing.description) or "someone else (no 'Served by' in its description)"
         return f"deployment {d.flow_name}/{d.name} already exists, {who}; this file would change {'; '.join(changes)}"
 
-    with ThreadPoolExecutor(8) as threads:  # one read each: 7 per cluster
-        return [p for p in threads.map(problem, deployments) if p]
+    from deployments.deploy import in_threads
+
+    return [p for p in in_threads(problem, deployments) if p]  # one read each: 7 per cluster
 
 
 def changes_to(existing, new) -> list[str]:

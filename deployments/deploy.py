@@ -8,10 +8,13 @@ not replaced silently.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from deployments.build import MODULE, all_deployments
 from deployments.config import BackupsFile
@@ -19,6 +22,7 @@ from deployments.conflicts import conflicts, managed_by, manager
 from etcd_backup.errors import ConfigError
 from flows.locks import TRANSFERS, cluster_lock, ensure_limit, set_limit
 
+T, R = TypeVar("T"), TypeVar("R")
 PAGE = 200  # the API's largest page
 APPLY_THREADS = 8  # deployments created at once: 1,000 clusters are 7,000 deployments
 
@@ -55,13 +59,19 @@ def deploy(file: BackupsFile, *, pool: str, config: str, replace: bool = False, 
     set_limit(TRANSFERS, file.limits.backups_at_once)
     for cluster in dict.fromkeys(s.cluster for s in file.backups):
         ensure_limit(cluster_lock(cluster), 1)
-    with ThreadPoolExecutor(APPLY_THREADS) as threads:  # one API round trip each; 7 per cluster
-        list(threads.map(lambda d: d.apply(work_pool_name=pool), deployments))
+    in_threads(lambda d: d.apply(work_pool_name=pool), deployments)
     names = [f"{d.flow_name}/{d.name}" for d in deployments]
     stale = stale_deployments(who, set(names))
     if remove_stale:
         _delete(stale)
     return Deployed(pool, created, names, stale, sorted(stale) if remove_stale else [])
+
+
+def in_threads(call: Callable[[T], R], items: list[T]) -> list[R]:
+    """call(item) for every item, APPLY_THREADS at a time, each in a copy of this context (the Prefect settings)."""
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(APPLY_THREADS) as threads:
+        return list(threads.map(lambda item: context.copy().run(call, item), items))
 
 
 def ensure_pool(pool: str) -> bool:

@@ -28,6 +28,7 @@ from blocks import S3Storage as S3Block
 from deployments.build import MODULE, backup_deployment
 from deployments.config import load_config
 from deployments.conflicts import managed_by
+from deployments.deploy import in_threads
 from etcd_backup.catalog import list_backups
 from flows.locks import TRANSFERS, set_limit
 from tests.faults.checks import assert_restorable
@@ -117,8 +118,7 @@ def deploy_backups(cluster, config: Path) -> str:
     file = load_config(config)
     set_limit(TRANSFERS, file.limits.backups_at_once)
     made = [backup_deployment(s, managed_by("Deployed", "the scale tests"), MODULE) for s in file.backups]
-    with ThreadPoolExecutor(8) as threads:
-        list(threads.map(lambda d: d.apply(work_pool_name=cluster.pool), made))
+    in_threads(lambda d: d.apply(work_pool_name=cluster.pool), made)
     return f"{len(made)} etcd-backup deployments on work pool {cluster.pool}\n"
 
 
