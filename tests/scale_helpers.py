@@ -162,15 +162,22 @@ class MemorySampler(threading.Thread):
 
 
 class Stall:
-    """Hold an upload through the relay once STALL_AFTER bytes went through, until released."""
+    """Hold an upload through the relay once STALL_AFTER bytes went through, until released.
+
+    Each hold lasts at most 50 s, below the S3 client's 60 s timeout; the client's retry is held once more, so
+    a slow machine gets about 100 s to reach the point the test waits for before the upload goes on.
+    """
 
     def __init__(self, relay: TCPProxy):
+        self.relay, self.holds = relay, 2
         self.stalled, self.go = threading.Event(), threading.Event()
         relay.when_relayed(STALL_AFTER, self._hold)
 
     def _hold(self) -> None:
         self.stalled.set()
-        self.go.wait(50)  # below the S3 client's 60 s timeout
+        self.holds -= 1
+        if not self.go.wait(50) and self.holds:
+            self.relay.when_relayed(STALL_AFTER, self._hold)  # the retry's upload
 
-    def wait(self, timeout: float = 120) -> None:
+    def wait(self, timeout: float = 600) -> None:
         assert self.stalled.wait(timeout), "the upload never reached the relay"

@@ -214,7 +214,7 @@ def test_a_restore_waits_for_the_running_backup_of_its_cluster_and_a_backup_duri
         restore = start_run("etcd-restore-cluster/fleetx", force=True)  # asks for the typed name, holding the lock
         prefect_cluster.wait_for(
             lambda: "taking lock etcd-cluster-fleetx" in run_logs(prefect_cluster, restore.id),
-            120,
+            600,
             "the restore to wait",
         )
         time.sleep(3)
@@ -222,12 +222,12 @@ def test_a_restore_waits_for_the_running_backup_of_its_cluster_and_a_backup_duri
         assert task_runs(prefect_cluster, [restore.id]) == []  # it waits and has done nothing
         stall.go.set()
         paused = prefect_cluster.wait_for(
-            lambda: state_of(prefect_cluster, restore.id).state.type == StateType.PAUSED, 240, "the confirmation"
+            lambda: state_of(prefect_cluster, restore.id).state.type == StateType.PAUSED, 600, "the confirmation"
         )
         assert paused
-        skipped = wait_terminal(prefect_cluster, [start_run("etcd-backup/fleetx").id], 240)[0]
+        skipped = wait_terminal(prefect_cluster, [start_run("etcd-backup/fleetx").id], 600)[0]
         resume_flow_run(restore.id, run_input={"cluster_name": "uk8s-scale-lock"})
-        backup, restore = wait_terminal(prefect_cluster, [backup.id, restore.id], 300)
+        backup, restore = wait_terminal(prefect_cluster, [backup.id, restore.id], 600)
 
     assert (backup.state.name, restore.state.name) == ("Completed", "Completed"), (backup.state, restore.state)
     first_step = min(t.start_time for t in task_runs(prefect_cluster, [restore.id]) if t.start_time)
@@ -253,9 +253,9 @@ def test_two_ticks_of_20_clusters_on_one_cron_minute_give_each_two_good_backups_
     runs = []
     for tick in scale.ticks[:2]:
         found = prefect_cluster.wait_for(
-            lambda t=tick: len(r := runs_at(prefect_cluster, ids, t)) == CLUSTERS and r, 180, f"the runs at {tick}"
+            lambda t=tick: len(r := runs_at(prefect_cluster, ids, t)) == CLUSTERS and r, 600, f"the runs at {tick}"
         )
-        runs += wait_terminal(prefect_cluster, [r.id for r in found], 300)
+        runs += wait_terminal(prefect_cluster, [r.id for r in found], 900)
     assert {r.state.name for r in runs} == {"Completed"}, [(r.name, r.state.name, r.state.message) for r in runs]
 
     for name in scale.names:
@@ -284,28 +284,28 @@ def test_a_worker_killed_mid_backup_leaves_a_crashed_run_and_no_partial_backup_a
     now = datetime.now(UTC)
     following = next(t for t in scale.ticks if t > now + timedelta(seconds=25))
     earlier = [r.id for t in scale.ticks if t < following for r in runs_at(prefect_cluster, ids, t)]
-    wait_terminal(prefect_cluster, earlier, 300)  # no tick run is on a worker when it is killed
+    wait_terminal(prefect_cluster, earlier, 900)  # no tick run is on a worker when it is killed
     before = [b.key for b in scale.backups_before("c00", following)]
     with prefect_cluster.settings():
         stall = Stall(scale.relay)
         killed = start_run("etcd-backup/c00")
         stall.wait()
-    victim = prefect_cluster.wait_for(lambda: worker_of(prefect_cluster, killed.id), 30, "the run's worker")
+    victim = prefect_cluster.wait_for(lambda: worker_of(prefect_cluster, killed.id), 300, "the run's worker")
     survivor = next(w for w in prefect_cluster.workers if w != victim)
     killed_at = time.monotonic()
     prefect_cluster.kill_worker(victim)
     stall.go.set()
 
-    crashed = wait_terminal(prefect_cluster, [killed.id], 240)[0]
+    crashed = wait_terminal(prefect_cluster, [killed.id], 600)[0]
     crashed_after = time.monotonic() - killed_at
     assert crashed.state.type == StateType.CRASHED and "heartbeat" in crashed.state.message, crashed.state
     listed = list_backups(scale.store, cluster_id("c00"))
     assert all(b.complete for b in listed), listed  # nothing partial listed
     assert [b.key for b in listed if b.time < following] == before  # and nothing lost
     found = prefect_cluster.wait_for(
-        lambda: len(r := runs_at(prefect_cluster, ids, following)) == CLUSTERS and r, 180, "the next tick's runs"
+        lambda: len(r := runs_at(prefect_cluster, ids, following)) == CLUSTERS and r, 600, "the next tick's runs"
     )
-    done = wait_terminal(prefect_cluster, [r.id for r in found], 360)
+    done = wait_terminal(prefect_cluster, [r.id for r in found], 900)
     assert {r.state.name for r in done} == {"Completed"}, [(r.name, r.state.name, r.state.message) for r in done]
     assert {worker_of(prefect_cluster, r.id) for r in done} == {survivor}
     assert prefect_cluster.workers[victim].poll() is not None  # still dead: nothing else could have run them
