@@ -189,7 +189,7 @@ def _break(fleet, what: str) -> str:
 
 def _run(storage: str, server, instance: DemoInstance, nodes: bool) -> int:
     from deployments.config import BackupSchedule
-    from deployments.serve import all_deployments, owner
+    from deployments.serve import all_deployments, owner, served_by
     from flows.backup import backup_etcd
 
     schedule = BackupSchedule(cluster=CLUSTER, storage=storage, cron="* * * * *", keep=5)
@@ -199,7 +199,7 @@ def _run(storage: str, server, instance: DemoInstance, nodes: bool) -> int:
         print(f"\ndemo: backup stored: {record.key} ({record.size} bytes, revision {record.revision})")
     except EtcdBackupError as exc:
         print(f"demo: the first backup failed: {exc}", file=sys.stderr)
-    deployments = all_deployments([schedule], owner("the demo"))
+    deployments = all_deployments([schedule], served_by(owner("the demo")))
     for deployment in deployments:  # registered before the banner says they can be run
         deployment.apply()
     (instance.dir / "env.sh").write_text(

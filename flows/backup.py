@@ -11,6 +11,7 @@ from etcd_backup.catalog import BackupRecord
 from etcd_backup.compression import Compression
 from etcd_backup.errors import ConfigError
 from etcd_backup.retention import Retention
+from flows import locks
 from flows.continuous_report import coverage_report
 from flows.failures import readable_failures
 from flows.notify import notify_on_failure
@@ -23,6 +24,7 @@ from tasks.cluster import endpoint_health
 
 @flow(name=flow_names.BACKUP, on_failure=[notify_on_failure])
 @readable_failures
+@locks.backup_locks
 def backup_etcd(
     cluster: str,
     storage: str,

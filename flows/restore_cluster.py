@@ -17,6 +17,7 @@ from etcd_backup import flow_names
 from etcd_backup.errors import EtcdBackupError
 from etcd_backup.restore.plan import RestoreOptions
 from etcd_backup.restore.render import outcome
+from flows import locks
 from flows.execute import run_plan
 from flows.failures import readable_failures
 from flows.notify import notify_on_failure
@@ -39,6 +40,7 @@ STEP_THREADS = 64  # task runs waiting on their node's previous step hold a thre
     task_runner=ThreadPoolTaskRunner(max_workers=STEP_THREADS),
 )
 @readable_failures
+@locks.restore_lock
 def restore_cluster(
     cluster: str,
     storage: str,

@@ -12,6 +12,7 @@ from etcd_backup import flow_names
 from etcd_backup.errors import EtcdBackupError
 from etcd_backup.restore.plan import RestoreOptions
 from etcd_backup.restore.render import not_undone, outcome
+from flows import locks
 from flows.execute import run_plan
 from flows.failures import readable_failures
 from flows.notify import notify_on_failure
@@ -30,6 +31,7 @@ STEP_THREADS = 32
     task_runner=ThreadPoolTaskRunner(max_workers=STEP_THREADS),
 )
 @readable_failures
+@locks.restore_lock
 def restore_member(
     cluster: str,
     failed_node: str,

@@ -10,8 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks import AgeIdentity, load_cluster, load_storage
 from blocks.loading import load_block
-from etcd_backup import catalog
+from etcd_backup import catalog, flow_names
 from etcd_backup.storage.base import Storage
+from flows import locks
 from flows.failures import readable_failures
 from flows.notify import notify_on_failure
 from tasks.artifacts import artifact_key
@@ -21,8 +22,9 @@ from tasks.verify import fetch_exactly, record_verification, restore_in_scratch
 WORK_DIR = os.environ.get("ETCD_BACKUP_WORK_DIR")  # where the fetched snapshot and the scratch etcd live meanwhile
 
 
-@flow(name="etcd-verify-backup", on_failure=[notify_on_failure])
+@flow(name=flow_names.VERIFY_BACKUP, on_failure=[notify_on_failure])
 @readable_failures
+@locks.transfer_slot
 def verify_backup(
     cluster: str,
     storage: str,

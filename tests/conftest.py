@@ -33,3 +33,17 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped and session.exitstatus == 0:
         session.exitstatus = 1
         reporter.write_line(f"FAILED: {len(skipped)} test(s) skipped and --fail-on-skip is set", red=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Make `--dist loadgroup` keep an xdist_group on one worker under pytest 9 (xdist 3.8 sets `_nodeid`, unused)."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        groups = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        )
+        if groups and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -143,17 +144,22 @@ def test_served_deployment_fires_on_schedule(prefect_server, etcd_cluster, tmp_p
     assert any(p.name.endswith(".db.zst.manifest.json") for p in (tmp_path / "backups").iterdir())
 
 
-def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters():
-    import importlib
+def test_prefect_yaml_is_generated_from_the_example_and_points_at_real_flows_with_valid_parameters():
     import inspect
 
     import yaml
+    from prefect.utilities.importtools import import_object
 
-    spec = yaml.safe_load(open("prefect.yaml"))
+    from deployments.config import load_config
+    from deployments.prefect_yaml import render
+
+    text = open("prefect.yaml").read()
+    generated = render(load_config(Path("backups.example.toml")), "etcd-backup", "backups.example.toml")
+    assert text == generated, "prefect.yaml is stale: python -m deployments yaml --config backups.example.toml"
+    spec = yaml.safe_load(text)
+    assert spec["pull"] == [] and "$PWD" not in text  # workers import the package: no machine path
     for deployment in spec["deployments"]:
-        path, name = deployment["entrypoint"].split(":")
-        module = path.removesuffix(".py").replace("/", ".")
-        flow = getattr(importlib.import_module(module), name)
+        flow = import_object(deployment["entrypoint"])  # a module path, as workers load it
         signature = inspect.signature(flow.fn)
         params = deployment.get("parameters") or {}
         assert set(params) <= set(signature.parameters), deployment
@@ -172,7 +178,12 @@ def test_served_deployments_are_named_after_the_cluster():
         ("etcd-diagnose", "prod"),
         ("etcd-restore-cluster", "prod"),
         ("etcd-restore-member", "prod"),
+        ("etcd-verify-backup", "prod"),
     } <= names
     [backup] = [d for d in deployments if d.flow_name == "etcd-backup"]
     assert backup.concurrency_limit == 1 and backup.concurrency_options.collision_strategy == "ENQUEUE"
     assert backup.schedules[0].schedule.cron == "0 0 * * *"
+    [verify] = [d for d in deployments if d.flow_name == "etcd-verify-backup"]
+    assert verify.schedules[0].schedule.cron == "0 6 * * 1" and verify.parameters["backup"] == "latest"
+    restores = [d for d in deployments if d.flow_name.startswith("etcd-restore")]
+    assert restores and all(d.concurrency_limit is None for d in restores)  # a lease blip must not cancel them

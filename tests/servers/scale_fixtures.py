@@ -10,6 +10,8 @@ from tests.servers.postgres import PostgresServer
 from tests.servers.prefect_cluster import PrefectCluster
 
 WORKER_LIMIT = 6  # flow-run processes per worker: runs beyond it wait on the server, not in a process
+# Tests mark a silent run Crashed after 60 s without a heartbeat (workers beat every 30 s; 90 s in production).
+ZOMBIE_AFTER_SECONDS = 60
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +29,7 @@ def prefect_cluster(postgres_server, tmp_path_factory):
     cluster = PrefectCluster(tmp_path_factory.mktemp("prefect-cluster"), url)
     try:
         cluster.start(workers=2, limit=WORKER_LIMIT)
-        cluster.crash_silent_runs()
+        cluster.crash_silent_runs(after_seconds=ZOMBIE_AFTER_SECONDS)
         yield cluster
     finally:
         cluster.stop()

@@ -1,0 +1,83 @@
+"""`python -m deployments deploy` against a real Prefect server: every deployment on a pool, updated in place."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.operator, pytest.mark.slow]
+
+ENTRY = '[[backup]]\ncluster = "{cluster}"\nstorage = "local-directory-storage/dep"\ncron = "{cron}"\n'
+
+
+def _deploy(server, config, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "deployments", "deploy", "--config", str(config), "--pool", "dep-pool", *extra],
+        env=server.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_deploy_creates_every_deployment_on_a_pool_updates_in_place_refuses_others_and_lists_stale(
+    local_prefect_server, tmp_path
+):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks import EtcdCluster, LocalStorage
+
+    server = local_prefect_server
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        for name in ("dep-a", "dep-b"):
+            EtcdCluster(cluster_id=f"uk8s-{name}", ca_pem="ca", cert_pem="c", key_pem="k").save(name, overwrite=True)
+        LocalStorage(directory=str(tmp_path / "store")).save("dep", overwrite=True)
+        config = tmp_path / "backups.toml"
+        config.write_text(
+            "[limits]\nbackups_at_once = 3\n\n"
+            + ENTRY.format(cluster="dep-a", cron="0 1 * * *")
+            + ENTRY.format(cluster="dep-b", cron="0 2 * * *")
+        )
+        first = _deploy(server, config)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "work pool dep-pool created (type process)" in first.stdout
+        assert "14 deployment(s) created or updated on work pool dep-pool" in first.stdout
+        with get_client(sync_client=True) as client:
+            backup = client.read_deployment_by_name("etcd-backup/dep-a")
+            assert (backup.work_pool_name, backup.entrypoint) == ("dep-pool", "flows.backup.backup_etcd")
+            assert backup.global_concurrency_limit.limit == 1 and set(backup.tags) == {"etcd-backup", "cluster:dep-a"}
+            assert [s.schedule.cron for s in backup.schedules] == ["0 1 * * *"]
+            restore = client.read_deployment_by_name("etcd-restore-member/dep-b")
+            assert restore.work_pool_name == "dep-pool" and restore.parameters == {"cluster": "dep-b"}
+            assert client.read_global_concurrency_limit_by_name("etcd-backup-transfers").limit == 3
+            assert client.read_global_concurrency_limit_by_name("etcd-cluster-dep-b").limit == 1
+
+        # the same file changed: updated in place; the dropped cluster's deployments are listed as stale
+        config.write_text(ENTRY.format(cluster="dep-a", cron="30 1 * * *"))
+        again = _deploy(server, config)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "stale: etcd-backup/dep-b is no longer in" in again.stdout
+        with get_client(sync_client=True) as client:
+            assert [s.schedule.cron for s in client.read_deployment_by_name("etcd-backup/dep-a").schedules] == [
+                "30 1 * * *"
+            ]
+            assert client.read_global_concurrency_limit_by_name("etcd-backup-transfers").limit == 4  # the default
+
+        # another file with the same cluster and another schedule: refused, nothing changed
+        other = tmp_path / "other.toml"
+        other.write_text(ENTRY.format(cluster="dep-a", cron="0 5 * * *"))
+        refused = _deploy(server, other)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "deployment etcd-backup/dep-a already exists, deployed by `python -m deployments deploy`" in (
+            refused.stderr
+        )
+        assert "schedule '30 1 * * *' UTC -> '0 5 * * *' UTC" in refused.stderr and "Traceback" not in refused.stderr
+
+        removed = _deploy(server, config, "--remove-stale")
+        assert removed.returncode == 0 and "removed etcd-backup/dep-b" in removed.stdout, removed.stdout
+        with get_client(sync_client=True) as client:
+            names = {d.name for d in client.read_deployments(limit=200)}
+        assert "dep-a" in names and "dep-b" not in names

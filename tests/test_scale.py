@@ -1,0 +1,316 @@
+"""Many clusters, several workers: a Prefect server on PostgreSQL, a process pool, two workers, the real flows.
+
+One server, one pool and two `prefect worker start` processes for the module (tests/servers/scale_fixtures.py),
+20 single-member etcd clusters backed up to one S3 bucket (SeaweedFS), their backup deployments made by
+deployments/build.py from one backups.toml as `python -m deployments deploy` makes them, every cluster on the
+same cron minutes (the restore-lock test runs the `deploy` command itself). The tests share one timeline and run
+in file order: the restore-lock test (its own cluster, relay and deployment) while the first tick comes, then
+the two ticks, then a worker killed between ticks and the next tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prefect.client.schemas.objects import StateType
+from prefect.deployments import run_deployment
+from prefect.flow_runs import resume_flow_run
+
+from blocks import EtcdCluster as ClusterBlock
+from blocks import S3Storage as S3Block
+from deployments.build import MODULE, backup_deployment
+from deployments.config import load_config
+from deployments.conflicts import managed_by
+from deployments.deploy import in_threads
+from etcd_backup.catalog import list_backups
+from flows.locks import TRANSFERS, set_limit
+from tests.faults.checks import assert_restorable
+from tests.fleet.etcd_cluster import EtcdCluster
+from tests.fleet.fixtures import start
+from tests.restore_helpers import save_cluster_block
+from tests.scale_helpers import (
+    Stall,
+    deploy,
+    deployment_ids,
+    max_overlap,
+    run_logs,
+    runs_at,
+    task_runs,
+    wait_terminal,
+    work_windows,
+    worker_of,
+)
+from tests.servers.fixtures import make_s3
+from tests.servers.tcp_proxy import TCPProxy
+
+pytestmark = [pytest.mark.scale, pytest.mark.slow, pytest.mark.xdist_group("scale")]  # one timeline, file order
+
+CLUSTERS = 20
+AT_ONCE = 4  # [limits] backups_at_once
+MINUTES = 4  # cron minutes, every other one (a tick's 20 runs finish before the next on a loaded 2-core machine)
+LEAD_SECONDS = 20  # from the end of `deploy` to the first tick: the scheduler creates the runs meanwhile
+
+
+class Scale:
+    """The module's clusters, blocks, deployments and tick times."""
+
+    def __init__(self, cluster, seaweedfs, tmp: Path):
+        self.cluster, self.tmp = cluster, tmp
+        self.names = [f"c{i:02d}" for i in range(CLUSTERS)]
+        self.bucket = seaweedfs.make_bucket()
+        self.store = make_s3(seaweedfs, self.bucket)
+        port = int(seaweedfs.endpoint.rsplit(":", 1)[1])
+        self.relay = TCPProxy("127.0.0.1", port).start()  # c00's uploads (the kill test holds one)
+        self.lock_relay = TCPProxy("127.0.0.1", port).start()  # the restore-lock test's cluster's
+        self.seaweedfs = seaweedfs
+        self.etcds: dict[str, EtcdCluster] = {}
+        self.ticks: list[datetime] = []
+
+    def storage_block(self, name: str, relay: TCPProxy | None) -> str:
+        """Save an S3 storage block on the module's bucket (through a relay when given)."""
+        endpoint = f"http://127.0.0.1:{relay.port}" if relay else self.seaweedfs.endpoint
+        S3Block(
+            endpoint_url=endpoint,
+            bucket=self.bucket,
+            prefix="backups",
+            access_key_id=self.seaweedfs.access_key,
+            secret_access_key=self.seaweedfs.secret_key,
+        ).save(name, overwrite=True)
+        return f"s3-storage/{name}"
+
+    def config(self, first_tick: datetime) -> Path:
+        """backups.toml: every cluster on the same cron minutes; c00 stores through the relay."""
+        self.ticks = [first_tick + timedelta(minutes=2 * k) for k in range(MINUTES)]
+        minutes = ",".join(str(t.minute) for t in self.ticks)
+        text = f"[limits]\nbackups_at_once = {AT_ONCE}\n"
+        for name in self.names:
+            storage = "s3-storage/scale-relayed" if name == "c00" else "s3-storage/scale"
+            text += (
+                f'\n[[backup]]\ncluster = "{name}"\nstorage = "{storage}"\ncron = "{minutes} * * * *"\n'
+                'keep = 10\nverify_cron = "none"\n'
+            )
+        path = self.tmp / "backups.toml"
+        path.write_text(text)
+        return path
+
+    def backups_before(self, name: str, moment: datetime) -> list:
+        """The listed backups of a cluster taken before moment."""
+        return [b for b in list_backups(self.store, cluster_id(name)) if b.time < moment]
+
+    def backups_between(self, name: str, start: datetime, end: datetime) -> list:
+        """The listed backups of a cluster taken in [start, end)."""
+        return [b for b in list_backups(self.store, cluster_id(name)) if start <= b.time < end]
+
+
+def deploy_backups(cluster, config: Path) -> str:
+    """The etcd-backup deployments of the file, as `deploy` makes them (build.py), and its transfer limit.
+
+    Only the scheduled ones: `deploy` adds six manual deployments per cluster (140 for 20), which take minutes
+    to create on a loaded 2-core machine; the restore-lock test runs the whole command on its own file.
+    """
+    file = load_config(config)
+    set_limit(TRANSFERS, file.limits.backups_at_once)
+    made = [backup_deployment(s, managed_by("Deployed", "the scale tests"), MODULE) for s in file.backups]
+    in_threads(lambda d: d.apply(work_pool_name=cluster.pool), made)
+    return f"{len(made)} etcd-backup deployments on work pool {cluster.pool}\n"
+
+
+def cluster_id(name: str) -> str:
+    return f"uk8s-scale-{name}"
+
+
+def first_tick_after(moment: datetime) -> datetime:
+    """The first whole minute at least LEAD_SECONDS after moment."""
+    return (moment + timedelta(seconds=LEAD_SECONDS + 59)).replace(second=0, microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def scale(prefect_cluster, seaweedfs, fleet_pki, tmp_path_factory):
+    """20 filled one-member etcd clusters, their blocks, and every deployment made by `deploy` from one file."""
+    tmp = tmp_path_factory.mktemp("scale")
+    setup = Scale(prefect_cluster, seaweedfs, tmp)
+    with contextlib.ExitStack() as stack, prefect_cluster.settings():
+        stack.callback(setup.relay.stop)
+        stack.callback(setup.lock_relay.stop)
+        with ThreadPoolExecutor(4) as pool:
+            started = pool.map(lambda _: start(EtcdCluster(tmp / secrets.token_hex(3), fleet_pki, 1), stack), range(20))
+            setup.etcds = dict(zip(setup.names, started, strict=True))
+        setup.storage_block("scale", None)
+        setup.storage_block("scale-relayed", setup.relay)
+        for name, etcd in setup.etcds.items():
+            client = etcd.client(0)
+            for k in range(100):  # ~300 KB that does not compress: an upload long enough to stop half way
+                client.put(f"/registry/configmaps/scale/{name}-{k}", os.urandom(3000))
+            client.close()
+            ClusterBlock(
+                cluster_id=cluster_id(name),
+                endpoints=etcd.endpoints,
+                ca_pem=Path(etcd.ca).read_text(),
+                cert_pem=Path(etcd.cert).read_text(),
+                key_pem=Path(etcd.key).read_text(),
+            ).save(name, overwrite=True)
+        began = time.monotonic()
+        config = setup.config(first_tick_after(datetime.now(UTC)))
+        output = deploy_backups(prefect_cluster, config)
+        setup.ticks = [t for t in setup.ticks if t >= first_tick_after(datetime.now(UTC))]  # whole ticks only
+        print(f"\n{output}deployed in {time.monotonic() - began:.1f} s; ticks used "
+              f"{', '.join(f'{t:%H:%M}' for t in setup.ticks)}")  # fmt: skip
+        assert len(setup.ticks) >= 3, f"deploy took {time.monotonic() - began:.0f} s: too few cron minutes left"
+        setup.backup_ids = deployment_ids(prefect_cluster, "etcd-backup", setup.names)
+        yield setup
+        with prefect_cluster.client() as c:
+            for deployment_id in setup.backup_ids.values():
+                c.pause_deployment(deployment_id)  # also deletes the runs scheduled for later ticks
+
+
+def start_run(flow_and_name: str, **parameters):
+    """Create a flow run of a deployment without waiting for it."""
+    return run_deployment(flow_and_name, parameters=parameters, timeout=0)
+
+
+def finished_runs(cluster, flow_name: str) -> list:
+    """Every finished run of a flow so far (the ticks', the restore-lock test's, manual ones)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with cluster.client() as c:
+        runs = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])), limit=200)
+    return [r for r in runs if r.start_time and r.end_time]
+
+
+def state_of(cluster, run_id):
+    with cluster.client() as c:
+        return c.read_flow_run(run_id)
+
+
+@pytest.mark.root
+@pytest.mark.fleet
+def test_a_restore_waits_for_the_running_backup_of_its_cluster_and_a_backup_during_a_restore_is_skipped(
+    scale, prefect_cluster, make_fleet, tmp_path
+):
+    """A restore of X started while X's backup uploads waits, then restores that very backup; meanwhile no skip."""
+    fleet = make_fleet()
+    with fleet.client() as client:
+        for k in range(100):
+            client.put(f"/registry/secrets/lock/{k}", os.urandom(3000))
+        data = {m.key: v for v, m in client.get_all()}
+    with prefect_cluster.settings():
+        save_cluster_block(fleet, "uk8s-scale-lock", "fleetx")
+        scale.storage_block("fleetx", scale.lock_relay)
+        config = tmp_path / "fleetx.toml"
+        config.write_text(
+            '[[backup]]\ncluster = "fleetx"\nstorage = "s3-storage/fleetx"\ncron = "0 0 1 1 *"\nverify_cron = "none"\n'
+        )
+        deploy(prefect_cluster, config)  # the real command, every deployment of the entry, beside the 20 clusters'
+        stall = Stall(scale.lock_relay)
+        backup = start_run("etcd-backup/fleetx")
+        stall.wait()
+        restore = start_run("etcd-restore-cluster/fleetx", force=True)  # asks for the typed name, holding the lock
+        prefect_cluster.wait_for(
+            lambda: "taking lock etcd-cluster-fleetx" in run_logs(prefect_cluster, restore.id),
+            600,
+            "the restore to wait",
+        )
+        time.sleep(3)
+        assert state_of(prefect_cluster, backup.id).state.type == StateType.RUNNING
+        assert task_runs(prefect_cluster, [restore.id]) == []  # it waits and has done nothing
+        stall.go.set()
+        paused = prefect_cluster.wait_for(
+            lambda: state_of(prefect_cluster, restore.id).state.type == StateType.PAUSED, 600, "the confirmation"
+        )
+        assert paused
+        skipped = wait_terminal(prefect_cluster, [start_run("etcd-backup/fleetx").id], 600)[0]
+        resume_flow_run(restore.id, run_input={"cluster_name": "uk8s-scale-lock"})
+        backup, restore = wait_terminal(prefect_cluster, [backup.id, restore.id], 600)
+
+    assert (backup.state.name, restore.state.name) == ("Completed", "Completed"), (backup.state, restore.state)
+    first_step = min(t.start_time for t in task_runs(prefect_cluster, [restore.id]) if t.start_time)
+    assert restore.start_time < backup.end_time <= first_step  # it was running, and it waited
+    [made] = list_backups(scale.store, "uk8s-scale-lock")
+    assert f"restored from {made.key}" in run_logs(prefect_cluster, restore.id)  # the backup it waited for
+    assert_restorable(scale.store, "uk8s-scale-lock", [made.key], tmp_path)
+    fleet.wait_healthy(60)
+    with fleet.client() as client:
+        assert {m.key: v for v, m in client.get_all()} == data
+    assert (skipped.state.type, skipped.state.name) == (StateType.COMPLETED, "Skipped")
+    assert skipped.state.message.startswith("Backup of fleetx skipped: a restore of fleetx is running (etcd-restore")
+    assert task_runs(prefect_cluster, [skipped.id]) == []
+    assert prefect_cluster.active_slots("etcd-cluster-fleetx") == 0
+    print(f"\nskipped: {skipped.state.message}")
+
+
+def test_two_ticks_of_20_clusters_on_one_cron_minute_give_each_two_good_backups_within_the_limits(
+    scale, prefect_cluster, tmp_path
+):
+    """Both ticks: every run completes, two good backups per cluster, no overlap per cluster, never over the limit."""
+    ids = list(scale.backup_ids.values())
+    runs = []
+    for tick in scale.ticks[:2]:
+        found = prefect_cluster.wait_for(
+            lambda t=tick: len(r := runs_at(prefect_cluster, ids, t)) == CLUSTERS and r, 600, f"the runs at {tick}"
+        )
+        runs += wait_terminal(prefect_cluster, [r.id for r in found], 900)
+    assert {r.state.name for r in runs} == {"Completed"}, [(r.name, r.state.name, r.state.message) for r in runs]
+
+    for name in scale.names:
+        backups = scale.backups_between(name, scale.ticks[0], scale.ticks[2])
+        assert len(backups) == 2 and all(b.complete for b in backups), (name, backups)
+        assert_restorable(scale.store, cluster_id(name), [b.key for b in backups], tmp_path)
+    by_deployment: dict = {}
+    for r in runs:
+        by_deployment.setdefault(r.deployment_id, []).append((r.start_time, r.end_time))
+    assert all(max_overlap(spans) == 1 for spans in by_deployment.values())
+    windows = work_windows(prefect_cluster, [r.id for r in finished_runs(prefect_cluster, "etcd-backup")])
+    assert max_overlap(windows.values()) <= AT_ONCE
+    workers = {worker_of(prefect_cluster, r.id) for r in runs}
+    assert workers == {"worker-1", "worker-2"}, workers
+    spans = sorted((r.end_time - r.start_time).total_seconds() for r in runs)
+    print(f"\n{len(runs)} runs on {sorted(workers)}; at most {max_overlap(windows.values())} working at once "
+          f"(limit {AT_ONCE}); run wall time {spans[0]:.1f}..{spans[len(spans) // 2]:.1f}..{spans[-1]:.1f} s "
+          "(min..median..max)")  # fmt: skip
+
+
+def test_a_worker_killed_mid_backup_leaves_a_crashed_run_and_no_partial_backup_and_the_next_tick_runs_on_the_other(
+    scale, prefect_cluster
+):
+    """SIGKILL the worker running c00's upload: Crashed, nothing partial listed, the next tick completes everywhere."""
+    ids = list(scale.backup_ids.values())
+    now = datetime.now(UTC)
+    following = next(t for t in scale.ticks if t > now + timedelta(seconds=25))
+    earlier = [r.id for t in scale.ticks if t < following for r in runs_at(prefect_cluster, ids, t)]
+    wait_terminal(prefect_cluster, earlier, 900)  # no tick run is on a worker when it is killed
+    before = [b.key for b in scale.backups_before("c00", following)]
+    with prefect_cluster.settings():
+        stall = Stall(scale.relay)
+        killed = start_run("etcd-backup/c00")
+        stall.wait()
+    victim = prefect_cluster.wait_for(lambda: worker_of(prefect_cluster, killed.id), 300, "the run's worker")
+    survivor = next(w for w in prefect_cluster.workers if w != victim)
+    killed_at = time.monotonic()
+    prefect_cluster.kill_worker(victim)
+    stall.go.set()
+
+    crashed = wait_terminal(prefect_cluster, [killed.id], 600)[0]
+    crashed_after = time.monotonic() - killed_at
+    assert crashed.state.type == StateType.CRASHED and "heartbeat" in crashed.state.message, crashed.state
+    listed = list_backups(scale.store, cluster_id("c00"))
+    assert all(b.complete for b in listed), listed  # nothing partial listed
+    assert [b.key for b in listed if b.time < following] == before  # and nothing lost
+    found = prefect_cluster.wait_for(
+        lambda: len(r := runs_at(prefect_cluster, ids, following)) == CLUSTERS and r, 600, "the next tick's runs"
+    )
+    done = wait_terminal(prefect_cluster, [r.id for r in found], 900)
+    assert {r.state.name for r in done} == {"Completed"}, [(r.name, r.state.name, r.state.message) for r in done]
+    assert {worker_of(prefect_cluster, r.id) for r in done} == {survivor}
+    assert prefect_cluster.workers[victim].poll() is not None  # still dead: nothing else could have run them
+    for name in scale.names:
+        [made] = scale.backups_between(name, following, following + timedelta(minutes=1))
+        assert made.complete
+    print(f"\nkilled {victim}: run Crashed {crashed_after:.0f} s later ({crashed.state.message}); tick "
+          f"{following:%H:%M} completed on {survivor} for all {CLUSTERS} clusters")  # fmt: skip
