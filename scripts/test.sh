@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup --durations=40 "$@"
+exec .venv/bin/python -m pytest -n 3 --dist loadgroup --durations=40 "$@"
