@@ -8,8 +8,9 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
-from deployments.config import BackupSchedule
+from deployments.config import CONTINUOUS_CRON, BackupSchedule
 from flows.backup import backup_etcd, list_backups, prune_backups
+from flows.continuous import continuous_backup
 from flows.diagnose import diagnose_cluster
 from flows.restore_cluster import restore_cluster
 from flows.restore_member import restore_member
@@ -56,6 +57,26 @@ def verify_deployment(schedule: BackupSchedule, about: str = "", entrypoint: Ent
     )
 
 
+def continuous_deployment(schedule: BackupSchedule, about: str = "", entrypoint: EntrypointType = FILE):
+    """The etcd-continuous-backup deployment of one entry: scheduled when `continuous = true`, else by hand."""
+    if schedule.continuous:
+        when = Cron(CONTINUOUS_CRON, timezone=schedule.timezone)
+        what = f"runs of {schedule.continuous_parameters()['run_minutes']} min started '{CONTINUOUS_CRON}', each "
+        what += "resuming after the last uploaded segment."
+    else:
+        when, what = None, "by hand (continuous = true in backups.toml schedules it); runs until cancelled."
+    return continuous_backup.to_deployment(
+        name=schedule.deployment,
+        schedule=when,
+        parameters=schedule.continuous_parameters(),
+        concurrency_limit=ONE_AT_A_TIME,
+        tags=tags(schedule.cluster),
+        entrypoint_type=entrypoint,
+        description=f"Follow every change of {schedule.cluster} into segments in {schedule.storage} for "
+        f"point-in-time restore: {what}" + about,
+    )
+
+
 MANUAL = {  # what each manual deployment is for, as its description says
     list_backups: "List the backups of {cluster} in {storage}.",
     prune_backups: "Apply retention to the backups of {cluster} in {storage} by hand (dry run by default).",
@@ -93,9 +114,10 @@ def _manual(flow, name: str, parameters: dict, about: str, entrypoint: Entrypoin
 
 
 def all_deployments(schedules: list[BackupSchedule], about: str = "", entrypoint: EntrypointType = FILE) -> list:
-    """Every deployment of the entries: scheduled backups and verifications, then the manual flows."""
+    """Every deployment of the entries: backups, verifications and followers, then the manual flows."""
     scheduled = [backup_deployment(s, about, entrypoint) for s in schedules]
     scheduled += [verify_deployment(s, about, entrypoint) for s in schedules]
+    scheduled += [continuous_deployment(s, about, entrypoint) for s in schedules]
     return scheduled + manual_deployments(schedules, about, entrypoint)
 
 

@@ -23,6 +23,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 TOP_LEVEL = ("backup", "limits")
 DEFAULT_VERIFY_CRON = "0 6 * * 1"  # Mondays 06:00 in the entry's timezone
 NO_SCHEDULE = "none"
+CONTINUOUS_RUN_MINUTES = 10  # a scheduled follower run stops after this long; the next run resumes after it
+CONTINUOUS_CRON = "*/10 * * * *"  # ... and the schedule starts one this often (a run that died: back within it)
 
 
 def check_cron(expr: str, timezone: str = "UTC") -> str:
@@ -61,6 +63,9 @@ class BackupSchedule(BaseModel):
     encrypt_to: list[str] = []
     notify: str | None = Field(None, description="notification block as '<block-type-slug>/<name>'")
     identity: str | None = Field(None, description="AgeIdentity block the restore and verify deployments decrypt with")
+    continuous: bool = Field(
+        False, description="also follow every change into segments (etcd-continuous-backup) for point-in-time restore"
+    )
     verify_cron: str | None = Field(
         None, description=f"when etcd-verify-backup checks the latest backup (default '{DEFAULT_VERIFY_CRON}')"
     )
@@ -140,6 +145,11 @@ class BackupSchedule(BaseModel):
     def parameters(self) -> dict:
         """The etcd-backup flow parameters of this schedule (block names only, never secrets)."""
         return self.model_dump(include={"cluster", "storage", "keep", "compression", "encrypt_to", "notify"})
+
+    def continuous_parameters(self) -> dict:
+        """The etcd-continuous-backup flow parameters: this entry's blocks and keys, and, scheduled, its run length."""
+        chosen = self.model_dump(include={"cluster", "storage", "compression", "encrypt_to", "notify"})
+        return chosen | ({"run_minutes": CONTINUOUS_RUN_MINUTES} if self.continuous else {})
 
     def verify_parameters(self) -> dict:
         """The etcd-verify-backup flow parameters of this schedule: the latest backup, decrypted with identity."""

@@ -39,17 +39,24 @@ def test_deploy_creates_every_deployment_on_a_pool_updates_in_place_refuses_othe
         config.write_text(
             "[limits]\nbackups_at_once = 3\n\n"
             + ENTRY.format(cluster="dep-a", cron="0 1 * * *")
+            + "continuous = true\n"
             + ENTRY.format(cluster="dep-b", cron="0 2 * * *")
         )
         first = _deploy(server, config)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "work pool dep-pool created (type process)" in first.stdout
-        assert "14 deployment(s) created or updated on work pool dep-pool" in first.stdout
+        assert "16 deployment(s) created or updated on work pool dep-pool" in first.stdout
         with get_client(sync_client=True) as client:
             backup = client.read_deployment_by_name("etcd-backup/dep-a")
             assert (backup.work_pool_name, backup.entrypoint) == ("dep-pool", "flows.backup.backup_etcd")
             assert backup.global_concurrency_limit.limit == 1 and set(backup.tags) == {"etcd-backup", "cluster:dep-a"}
             assert [s.schedule.cron for s in backup.schedules] == ["0 1 * * *"]
+            follower = client.read_deployment_by_name("etcd-continuous-backup/dep-a")
+            assert follower.entrypoint == "flows.continuous.continuous_backup"
+            assert follower.parameters["run_minutes"] == 10
+            assert [s.schedule.cron for s in follower.schedules] == ["*/10 * * * *"]
+            by_hand = client.read_deployment_by_name("etcd-continuous-backup/dep-b")
+            assert by_hand.schedules == [] and "run_minutes" not in by_hand.parameters
             restore = client.read_deployment_by_name("etcd-restore-member/dep-b")
             assert restore.work_pool_name == "dep-pool" and restore.parameters == {"cluster": "dep-b"}
             assert client.read_global_concurrency_limit_by_name("etcd-backup-transfers").limit == 3
