@@ -433,59 +433,55 @@ def part_sustained(workdir: Path, rates: list[int], seconds: float, version: str
 
 def part_rpo(workdir: Path, kills: int, rate: int, version: str) -> dict:
     """Kill the follower process at random moments under load; acknowledged writes not in storage at each kill."""
-    bench = Bench(workdir, 3, version, s3=True)
-    storage = bench.storage()
-    rnd = random.Random(1)
-    try:
-        pipeline.backup(bench.access, storage, cluster_id=CLUSTER)
-        acks_path = workdir / "rpo.acks"
-        load = bench.child("load", rate=rate, threads=4, acks=str(acks_path))
-        kills_at = []
-        for n in range(kills):
-            status = workdir / f"rpo-{n}.status"
-            point = start_point(storage, CLUSTER, bench.access)
-            child = bench.child("follow", start=point.revision, status=str(status), segment_seconds=2.0)
-            time.sleep(rnd.uniform(5, 12))
-            os.kill(child.pid, signal.SIGKILL)
-            killed = time.time()
-            child.wait()
-            uploaded = max((s.last_revision for s in list_segments(storage, CLUSTER).complete), default=0)
-            kills_at.append((killed, uploaded))
-        load.send_signal(signal.SIGTERM)
-        load.wait(60)
-        acks = sorted(json.loads(acks_path.read_text()))
-        return _rpo_figures(acks, kills_at, rate, version)
-    finally:
-        bench.close()
+
+    def kill(bench: Bench, child, status: Path) -> float:
+        os.kill(child.pid, signal.SIGKILL)
+        killed = time.time()
+        child.wait()
+        return killed
+
+    return _rpo_under_load(workdir, kills, rate, version, 1, kill, lambda bench, child: None)
 
 
 def part_rpo_cluster(workdir: Path, kills: int, rate: int, version: str) -> dict:
     """SIGKILL every member at random moments under load; the follower uploads what it got; measure what is missing."""
+
+    def kill(bench: Bench, child, status: Path) -> float:
+        bench.cluster.stop()  # SIGKILL every member at once
+        killed = time.time()
+        _wait(lambda: _flushed_after(status, killed), 60, "flush after the cluster died")
+        return killed
+
+    def after(bench: Bench, child) -> None:
+        child.send_signal(signal.SIGTERM)
+        child.wait(60)
+        bench.cluster.start()  # same members, same data dirs
+
+    return {**_rpo_under_load(workdir, kills, rate, version, 2, kill, after), "killed": "cluster"}
+
+
+def _rpo_under_load(workdir: Path, kills: int, rate: int, version: str, seed: int, kill, after) -> dict:
+    """Under a steady write load, start a follower, kill something at a random moment, note what was uploaded."""
     bench = Bench(workdir, 3, version, s3=True)
     storage = bench.storage()
-    rnd = random.Random(2)
+    rnd = random.Random(seed)
     try:
         pipeline.backup(bench.access, storage, cluster_id=CLUSTER)
         acks_path = workdir / "rpo.acks"
         load = bench.child("load", rate=rate, threads=4, acks=str(acks_path))
         kills_at = []
         for n in range(kills):
-            status = workdir / f"rpoc-{n}.status"
-            child = bench.child(
-                "follow", start=start_point(storage, CLUSTER, bench.access).revision, status=str(status)
-            )
+            status = workdir / f"rpo-{seed}-{n}.status"
+            point = start_point(storage, CLUSTER, bench.access)
+            child = bench.child("follow", start=point.revision, status=str(status), segment_seconds=2.0)
             time.sleep(rnd.uniform(5, 12))
-            bench.cluster.stop()  # SIGKILL every member at once
-            killed = time.time()
-            _wait(lambda s=status, k=killed: _flushed_after(s, k), 60, "flush after the cluster died")
+            killed = kill(bench, child, status)
             uploaded = max((s.last_revision for s in list_segments(storage, CLUSTER).complete), default=0)
             kills_at.append((killed, uploaded))
-            child.send_signal(signal.SIGTERM)
-            child.wait(60)
-            bench.cluster.start()  # same members, same data dirs
+            after(bench, child)
         load.send_signal(signal.SIGTERM)
         load.wait(60)
-        return {**_rpo_figures(sorted(json.loads(acks_path.read_text())), kills_at, rate, version), "killed": "cluster"}
+        return _rpo_figures(sorted(json.loads(acks_path.read_text())), kills_at, rate, version)
     finally:
         bench.close()
 

@@ -29,51 +29,41 @@ def tags(cluster: str) -> list[str]:
 
 def backup_deployment(schedule: BackupSchedule, about: str = "", entrypoint: EntrypointType = FILE):
     """The scheduled etcd-backup deployment of one entry, named after it (one run at a time)."""
-    return backup_etcd.to_deployment(
-        name=schedule.deployment,
-        schedule=Cron(schedule.cron, timezone=schedule.timezone),
-        parameters=schedule.parameters(),
-        concurrency_limit=ONE_AT_A_TIME,
-        tags=tags(schedule.cluster),
-        entrypoint_type=entrypoint,
-        description=f"Back up {schedule.cluster} to {schedule.storage} at '{schedule.cron}' ({schedule.timezone}), "
-        f"keep {schedule.keep}." + about,
-    )
+    what = f"Back up {schedule.cluster} to {schedule.storage} at '{schedule.cron}' ({schedule.timezone}), "
+    what += f"keep {schedule.keep}."
+    return _one_at_a_time(backup_etcd, schedule, schedule.cron, schedule.parameters(), what + about, entrypoint)
 
 
 def verify_deployment(schedule: BackupSchedule, about: str = "", entrypoint: EntrypointType = FILE):
     """The etcd-verify-backup deployment of one entry: the latest backup restored in a scratch etcd, weekly."""
     when = schedule.verify_schedule
-    at = f" at '{when}' ({schedule.timezone})." if when else " (by hand)."
-    return verify_backup.to_deployment(
-        name=schedule.deployment,
-        schedule=Cron(when, timezone=schedule.timezone) if when else None,
-        parameters=schedule.verify_parameters(),
-        concurrency_limit=ONE_AT_A_TIME,
-        tags=tags(schedule.cluster),
-        entrypoint_type=entrypoint,
-        description=f"Restore the latest backup of {schedule.cluster} in {schedule.storage} into a scratch etcd and "
-        "check it against its certificate" + at + about,
-    )
+    what = f"Restore the latest backup of {schedule.cluster} in {schedule.storage} into a scratch etcd and check "
+    what += "it against its certificate" + (f" at '{when}' ({schedule.timezone})." if when else " (by hand).")
+    return _one_at_a_time(verify_backup, schedule, when, schedule.verify_parameters(), what + about, entrypoint)
 
 
 def continuous_deployment(schedule: BackupSchedule, about: str = "", entrypoint: EntrypointType = FILE):
     """The etcd-continuous-backup deployment of one entry: scheduled when `continuous = true`, else by hand."""
+    parameters = schedule.continuous_parameters()
+    what = f"Follow every change of {schedule.cluster} into segments in {schedule.storage} for point-in-time restore: "
     if schedule.continuous:
-        when = Cron(CONTINUOUS_CRON, timezone=schedule.timezone)
-        what = f"runs of {schedule.continuous_parameters()['run_minutes']} min started '{CONTINUOUS_CRON}', each "
-        what += "resuming after the last uploaded segment."
+        when = CONTINUOUS_CRON
+        what += f"runs of {parameters['run_minutes']} min started '{when}', each resuming after the last segment."
     else:
-        when, what = None, "by hand (continuous = true in backups.toml schedules it); runs until cancelled."
-    return continuous_backup.to_deployment(
+        when, what = None, what + "by hand (continuous = true in backups.toml schedules it); runs until cancelled."
+    return _one_at_a_time(continuous_backup, schedule, when, parameters, what + about, entrypoint)
+
+
+def _one_at_a_time(flow, schedule: BackupSchedule, cron: str | None, parameters: dict, description: str, entrypoint):
+    """A deployment of the entry on cron (none: by hand) whose runs wait for each other."""
+    return flow.to_deployment(
         name=schedule.deployment,
-        schedule=when,
-        parameters=schedule.continuous_parameters(),
+        schedule=Cron(cron, timezone=schedule.timezone) if cron else None,
+        parameters=parameters,
         concurrency_limit=ONE_AT_A_TIME,
         tags=tags(schedule.cluster),
         entrypoint_type=entrypoint,
-        description=f"Follow every change of {schedule.cluster} into segments in {schedule.storage} for "
-        f"point-in-time restore: {what}" + about,
+        description=description,
     )
 
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 
 from deployments.build import plain
+from etcd_backup.errors import ConfigError
 
 MANAGER = re.compile(r"(Served|Deployed) by (.*?)\.?$")
 
@@ -46,6 +47,18 @@ def conflicts(deployments: list, replace: bool = False, ours: Callable[[str | No
     from deployments.deploy import in_threads
 
     return [p for p in in_threads(problem, deployments) if p]  # one read each: 7 per cluster
+
+
+def refuse_replacements(deployments: list, replace: bool, step: str, way_out: str, ours=None) -> None:
+    """Raise ConfigError listing every deployment `step` (serve, deploy) would replace silently, with the way out."""
+    problems = conflicts(deployments, replace, ours)
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(
+            f"{len(problems)} deployment(s) would be replaced, nothing {step.rstrip('e')}ed:\n{listed}\n"
+            f"Give the [[backup]] entry its own `name`, {way_out}.",
+            step=step,
+        )
 
 
 def changes_to(existing, new) -> list[str]:

@@ -18,8 +18,7 @@ from typing import TypeVar
 
 from deployments.build import MODULE, all_deployments
 from deployments.config import BackupsFile
-from deployments.conflicts import conflicts, managed_by, manager
-from etcd_backup.errors import ConfigError
+from deployments.conflicts import managed_by, manager, refuse_replacements
 from flows.locks import TRANSFERS, cluster_lock, ensure_limit, set_limit
 
 T, R = TypeVar("T"), TypeVar("R")
@@ -47,14 +46,11 @@ def deploy(file: BackupsFile, *, pool: str, config: str, replace: bool = False, 
     """Check, then create or update the pool, the limits and every deployment; list (or remove) stale ones."""
     who = owner(config)
     deployments = all_deployments(file.backups, managed_by("Deployed", who), MODULE)
-    problems = conflicts(deployments, replace, ours=lambda description: manager(description) == f"deployed by {who}")
-    if problems:
-        listed = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(
-            f"{len(problems)} deployment(s) would be replaced, nothing deployed:\n{listed}\n"
-            "Give the [[backup]] entry its own `name`, or pass --replace to take them over.",
-            step="deploy",
-        )
+
+    def ours(description: str | None) -> bool:
+        return manager(description) == f"deployed by {who}"
+
+    refuse_replacements(deployments, replace, "deploy", "or pass --replace to take them over", ours)
     created = ensure_pool(pool)
     set_limit(TRANSFERS, file.limits.backups_at_once)
     for cluster in dict.fromkeys(s.cluster for s in file.backups):

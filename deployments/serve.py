@@ -7,8 +7,7 @@ import socket
 
 from deployments.build import all_deployments, backup_deployment, manual_deployments
 from deployments.config import BackupSchedule
-from deployments.conflicts import conflicts, managed_by
-from etcd_backup.errors import ConfigError
+from deployments.conflicts import managed_by, refuse_replacements
 from flows.locks import DEFAULT_TRANSFERS, TRANSFERS, set_limit
 
 __all__ = ["all_deployments", "backup_deployment", "manual_deployments", "owner", "serve", "served_by"]
@@ -36,13 +35,6 @@ def serve(
     from prefect import serve as prefect_serve
 
     deployments = all_deployments(schedules, served_by(owner(config)))
-    problems = conflicts(deployments, replace)
-    if problems:
-        listed = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(
-            f"{len(problems)} deployment(s) would be replaced, nothing served:\n{listed}\n"
-            "Give the [[backup]] entry its own `name`, stop the other `serve`, or pass --replace to take them over.",
-            step="serve",
-        )
+    refuse_replacements(deployments, replace, "serve", "stop the other `serve`, or pass --replace to take them over")
     set_limit(TRANSFERS, backups_at_once)
     prefect_serve(*deployments, pause_on_shutdown=False)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -195,16 +196,22 @@ def read_verification(storage: Storage, key: str) -> Verification | None:
 
 def read_manifest(storage: Storage, key: str) -> Manifest:
     """Read and validate the manifest of backup key; NotFound when it is missing."""
+    return read_described(storage, key, Manifest, lambda text: ConfigError(text, step="read manifest"))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_described(storage: Storage, key: str, model: type[M], fail: Callable[[str], Exception]) -> M:
+    """Read the JSON manifest of key as model; fail(message) when unreadable or about another object."""
     with storage.open(manifest_key(key)) as f:
         data = f.read(1 << 20)
     try:
-        manifest = Manifest.model_validate(json.loads(data))
+        manifest = model.model_validate(json.loads(data))
     except (ValueError, ValidationError) as exc:
-        raise ConfigError(
-            f"manifest {manifest_key(key)} is not valid: {exc.__class__.__name__}", step="read manifest"
-        ) from None
-    if manifest.key != key:
-        raise ConfigError(f"manifest {manifest_key(key)} describes {manifest.key}", step="read manifest")
+        raise fail(f"manifest {manifest_key(key)} is not valid: {exc.__class__.__name__}") from None
+    if getattr(manifest, "key", None) != key:
+        raise fail(f"manifest {manifest_key(key)} describes {getattr(manifest, 'key', None)}")
     return manifest
 
 

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from pyetcd import etcdrpc
 
 from etcd_backup import etcd
 from etcd_backup.continuous.runner import ContinuousBackup
+from etcd_backup.storage.local import LocalStorage
 
 
 def access_of(cluster, timeout: float = 5.0) -> etcd.EtcdAccess:
@@ -230,3 +232,13 @@ def up(access: etcd.EtcdAccess, endpoint: str) -> bool:
         return True
     except Exception:  # noqa: BLE001
         return False
+
+
+def followed(
+    cluster, directory: Path, seed: int, cluster_id: str = "uk8s-cont", **options
+) -> tuple[etcd.EtcdAccess, LocalStorage, WriteLoad, Run]:
+    """A cluster under a write load (seeded) while a ContinuousBackup follows it into directory/store."""
+    access = access_of(cluster)
+    storage = LocalStorage(directory / "store")
+    load = WriteLoad(access, seed=seed).start()
+    return access, storage, load, Run(ContinuousBackup(access, storage, cluster_id, start_revision=None, **options))

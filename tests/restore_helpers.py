@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -108,3 +109,14 @@ def in_thread(fn):
 def save_cluster_block(fleet, cluster_id: str, name: str) -> None:
     """Save an EtcdCluster block for the fleet with its current host keys, as an operator would."""
     EtcdCluster.from_spec(fleet.spec(cluster_id)).save(name, overwrite=True)
+
+
+def journal_showing(directory: Path, text: str, timeout: float = 300) -> Path:
+    """The restore journal in directory once it holds text (a step begun, done or undone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in directory.glob("restore-*.jsonl"):
+            if text in path.read_text():
+                return path
+        time.sleep(0.05)
+    raise AssertionError(f"no restore journal in {directory} ever showed {text!r}")

@@ -30,7 +30,7 @@ from etcd_backup.continuous.watch import Follower
 from etcd_backup.errors import ConfigError
 from etcd_backup.scratch import ScratchEtcd
 from etcd_backup.storage.local import LocalStorage
-from tests.continuous_helpers import Run, WriteLoad, access_of, digest, stop_write_loads, up  # noqa: F401 - autouse fixture
+from tests.continuous_helpers import Run, WriteLoad, access_of, digest, followed, stop_write_loads, up  # noqa: F401 - autouse fixture
 from tests.fleet.binaries import find_binaries
 from tests.servers.fixtures import make_s3
 from tests.servers.tcp_proxy import TCPProxy
@@ -131,12 +131,7 @@ def test_follow_to_s3_encrypted_and_restore_to_a_time(make_etcd_cluster, seaweed
 @BOTH
 def test_failover_of_the_watched_member(make_etcd_cluster, etcd_version, tmp_path):
     cluster = make_etcd_cluster(3)
-    access = access_of(cluster)
-    storage = LocalStorage(tmp_path / "store")
-    load = WriteLoad(access, seed=3).start()
-    run = Run(
-        ContinuousBackup(access, storage, CLUSTER, start_revision=None, segment_seconds=0.5, progress_interval=0.5)
-    )
+    access, storage, load, run = followed(cluster, tmp_path, 3, segment_seconds=0.5, progress_interval=0.5)
     record = pipeline.backup(access, storage, cluster_id=CLUSTER)
     time.sleep(3)
     watched = run.backup.follower.endpoint
@@ -160,10 +155,7 @@ def test_failover_of_the_watched_member(make_etcd_cluster, etcd_version, tmp_pat
 
 def test_a_frozen_member_is_left_after_the_stall_timeout(make_etcd_cluster, tmp_path):
     cluster = make_etcd_cluster(3)
-    access = access_of(cluster)
-    storage = LocalStorage(tmp_path / "store")
-    load = WriteLoad(access, seed=8).start()
-    run = Run(ContinuousBackup(access, storage, CLUSTER, start_revision=None, segment_seconds=0.5))
+    access, storage, load, run = followed(cluster, tmp_path, 8, segment_seconds=0.5)
     time.sleep(2)
     watched = run.backup.follower.endpoint
     load.avoid(watched)
@@ -235,10 +227,7 @@ def test_compacted_start_revision_raises_with_the_compact_revision(make_etcd_clu
 
 def test_missing_or_corrupt_segment_refuses_naming_it(make_etcd_cluster, tmp_path):
     cluster = make_etcd_cluster(1)
-    access = access_of(cluster)
-    storage = LocalStorage(tmp_path / "store")
-    load = WriteLoad(access, seed=4).start()
-    run = Run(ContinuousBackup(access, storage, CLUSTER, start_revision=None, segment_seconds=0.3))
+    access, storage, load, run = followed(cluster, tmp_path, 4, segment_seconds=0.3)
     record = pipeline.backup(access, storage, cluster_id=CLUSTER)
     time.sleep(5)
     load.stop()

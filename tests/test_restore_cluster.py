@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -42,6 +41,7 @@ from tests.restore_helpers import (
     assert_control_plane,
     fleet_state,
     in_thread,
+    journal_showing,
     paused_run,
     planned_steps,
     save_cluster_block,
@@ -361,16 +361,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _journal_has(directory: Path, text: str, timeout: float = 300) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for path in directory.glob("restore-*.jsonl"):
-            if text in path.read_text():
-                return path
-        time.sleep(0.2)
-    raise AssertionError(f"the restore's journal never showed {text!r}")
-
-
 @pytest.mark.faults
 @pytest.mark.parametrize("outcome", ["finishes", "rolls back"])
 def test_a_restore_finishes_or_rolls_back_when_the_prefect_api_goes_away(fleet, tmp_path, outcome):
@@ -392,7 +382,7 @@ def test_a_restore_finishes_or_rolls_back_when_the_prefect_api_goes_away(fleet, 
         script = f"from flows.restore_cluster import restore_cluster\ns = {call}\nprint('FINAL', s.type.value)\n"
         log = open(tmp_path / "flow.log", "w")
         flow = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
-        journal = _journal_has(reports, '"name": "upload snapshot @')
+        journal = journal_showing(reports, '"name": "upload snapshot @')
         server.stop()  # the API goes away while the nodes are half way
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{server.api_url}/health", timeout=2)

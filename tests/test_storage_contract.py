@@ -13,6 +13,7 @@ from etcd_backup.errors import ConfigError, NotFound, StorageError, TransientSto
 from etcd_backup.storage.local import LocalStorage
 from etcd_backup.storage.s3 import S3Storage, ufile_endpoint, ufile_storage
 from etcd_backup.storage.sftp import SFTPStorage
+from tests.servers.fixtures import make_sftp
 from tests.servers.seaweedfs import free_port
 
 pytestmark = pytest.mark.storage
@@ -199,13 +200,8 @@ def test_wrong_credentials_fail_clearly_without_the_secret(kind, seaweedfs, s3_b
     elif kind == "ufile":
         storage = ufile_storage(seaweedfs.access_key, secret, "cn-bj", s3_bucket, endpoint_url=ufile_proxy.endpoint)
     else:
-        storage = SFTPStorage(
-            backup_sshd.host,
-            backup_sshd.port,
-            backup_sshd.user,
-            backup_sshd.directory,
-            password=secret,
-            known_hosts=backup_sshd.known_hosts(),
+        storage = make_sftp(
+            backup_sshd, directory=backup_sshd.directory, password=secret, known_hosts=backup_sshd.known_hosts()
         )
     for attempt in (lambda: keys(storage), lambda: put_bytes(storage, "x.db", b"x")):
         with pytest.raises(StorageError) as caught:
@@ -305,15 +301,13 @@ def test_local_files_and_directories_are_private(tmp_path):
     assert (tmp_path / "store/c").stat().st_mode & 0o077 == 0
 
 
+def by_password(sshd) -> dict:
+    """Log in with the password, the host key pinned by fingerprint."""
+    return {"password": sshd.password, "host_fingerprint": sshd.fingerprint}
+
+
 def test_sftp_files_are_private(backup_sshd):
-    storage = SFTPStorage(
-        backup_sshd.host,
-        backup_sshd.port,
-        backup_sshd.user,
-        f"{backup_sshd.directory}/private",
-        private_key=backup_sshd.private_key,
-        known_hosts=backup_sshd.known_hosts(),
-    )
+    storage = make_sftp(backup_sshd, directory=f"{backup_sshd.directory}/private")
     put_bytes(storage, "c/one.db", b"secret etcd data")
     assert os.stat(f"{backup_sshd.directory}/private/c/one.db").st_mode & 0o777 == 0o600
     storage.close()
@@ -322,14 +316,7 @@ def test_sftp_files_are_private(backup_sshd):
 @pytest.mark.parametrize("subdir", ["", "/deeper"])
 def test_sftp_unwritable_directory_names_host_and_path(backup_sshd, subdir):
     directory = backup_sshd.readonly_directory + subdir
-    storage = SFTPStorage(
-        backup_sshd.host,
-        backup_sshd.port,
-        backup_sshd.user,
-        directory,
-        password=backup_sshd.password,
-        host_fingerprint=backup_sshd.fingerprint,
-    )
+    storage = make_sftp(backup_sshd, directory=directory, **by_password(backup_sshd))
     with pytest.raises(StorageError) as caught:
         put_bytes(storage, "c/one.db", b"x")
     assert not caught.value.transient
@@ -339,14 +326,7 @@ def test_sftp_unwritable_directory_names_host_and_path(backup_sshd, subdir):
 
 
 def test_sftp_password_login_with_pinned_fingerprint(backup_sshd):
-    storage = SFTPStorage(
-        backup_sshd.host,
-        backup_sshd.port,
-        backup_sshd.user,
-        f"{backup_sshd.directory}/pw",
-        password=backup_sshd.password,
-        host_fingerprint=backup_sshd.fingerprint,
-    )
+    storage = make_sftp(backup_sshd, directory=f"{backup_sshd.directory}/pw", **by_password(backup_sshd))
     put_bytes(storage, "one.db", b"x")
     assert keys(storage) == ["one.db"]
     storage.close()
@@ -354,13 +334,8 @@ def test_sftp_password_login_with_pinned_fingerprint(backup_sshd):
 
 @pytest.mark.parametrize("pinned", [None, "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"])
 def test_sftp_unknown_host_key_is_refused_clearly(backup_sshd, pinned):
-    storage = SFTPStorage(
-        backup_sshd.host,
-        backup_sshd.port,
-        backup_sshd.user,
-        backup_sshd.directory,
-        private_key=backup_sshd.private_key,
-        host_fingerprint=pinned,
+    storage = make_sftp(
+        backup_sshd, directory=backup_sshd.directory, private_key=backup_sshd.private_key, host_fingerprint=pinned
     )
     with pytest.raises(StorageError) as caught:
         keys(storage)

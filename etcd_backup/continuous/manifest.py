@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from etcd_backup.catalog import current_tool_version, manifest_key
+from etcd_backup.catalog import current_tool_version, read_described
 from etcd_backup.continuous.errors import SegmentCorrupt
 from etcd_backup.storage.base import Storage
 
@@ -46,14 +45,6 @@ class SegmentManifest(BaseModel):
 
 def read_segment_manifest(storage: Storage, key: str) -> SegmentManifest:
     """Read and validate the manifest of segment key (NotFound when missing, SegmentCorrupt when unreadable)."""
-    with storage.open(manifest_key(key)) as f:
-        data = f.read(1 << 20)
-    try:
-        manifest = SegmentManifest.model_validate(json.loads(data))
-    except (ValueError, ValidationError) as exc:
-        raise SegmentCorrupt(
-            f"manifest is not valid: {exc.__class__.__name__}", step="read segment manifest", node=key
-        ) from None
-    if manifest.key != key:
-        raise SegmentCorrupt(f"manifest describes {manifest.key}", step="read segment manifest", node=key)
-    return manifest
+    return read_described(
+        storage, key, SegmentManifest, lambda text: SegmentCorrupt(text, step="read segment manifest", node=key)
+    )

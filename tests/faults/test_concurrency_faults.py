@@ -24,16 +24,7 @@ from etcd_backup import flow_names
 from etcd_backup.catalog import list_backups
 from etcd_backup.pipeline import backup, fetch_snapshot
 from flows.backup import backup_etcd, prune_backups
-from tests.faults.checks import (
-    access_of,
-    assert_restorable,
-    backup_keys,
-    key_digest,
-    save_block,
-    save_cluster,
-    save_ufile_block,
-    visible,
-)
+from tests.faults import checks
 from tests.scale_helpers import Stall
 from tests.servers.fixtures import make_s3, make_ufile
 from tests.servers.tcp_proxy import TCPProxy
@@ -54,21 +45,24 @@ def test_eight_clusters_backed_up_at_once_each_get_exactly_their_own_backup(
         client = cluster.client(0)
         client.put(f"/registry/configmaps/kube-system/{cluster_id}", markers[cluster_id] * 4)
         client.close()
-    digests = [key_digest(c) for c in clusters]
+    digests = [checks.key_digest(c) for c in clusters]
     bucket = seaweedfs.make_bucket()
     store = make_ufile(seaweedfs, bucket, ufile_proxy)
-    bystander = backup(access_of(clusters[0]), store, cluster_id="uk8s-bystander").key  # never named by a flow
-    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket)
-    blocks = [save_cluster(c, cluster_id) for cluster_id, c in zip(IDS, clusters, strict=True)]
+    bystander = backup(checks.access_of(clusters[0]), store, cluster_id="uk8s-bystander").key  # never named by a flow
+    ref = checks.save_ufile_block(seaweedfs, ufile_proxy, bucket)
+    blocks = [checks.save_cluster(c, cluster_id) for cluster_id, c in zip(IDS, clusters, strict=True)]
 
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    first = [backup(access_of(c), store, cluster_id=i, now=hour_ago).key for i, c in zip(IDS, clusters, strict=True)]
-    assert visible(store) == backup_keys(bystander, *first)
+    first = [
+        backup(checks.access_of(c), store, cluster_id=i, now=hour_ago).key for i, c in zip(IDS, clusters, strict=True)
+    ]
+    assert checks.visible(store) == checks.backup_keys(bystander, *first)
 
     with ThreadPoolExecutor(len(blocks)) as pool:
         second = list(pool.map(lambda block: backup_etcd(cluster=block, storage=ref, keep=1), blocks))
 
-    assert visible(store) == backup_keys(bystander, *(r.key for r in second))  # each pruned its own first only
+    # each pruned its own first only
+    assert checks.visible(store) == checks.backup_keys(bystander, *(r.key for r in second))
     for cluster_id, cluster, new, digest in zip(IDS, clusters, second, digests, strict=True):
         assert new.cluster == cluster_id
         assert [b.key for b in list_backups(store, cluster_id)] == [new.key]
@@ -76,9 +70,9 @@ def test_eight_clusters_backed_up_at_once_each_get_exactly_their_own_backup(
         fetch_snapshot(store, new.key, db)
         data = db.read_bytes()
         assert [other for other, marker in markers.items() if marker in data] == [cluster_id]
-        assert key_digest(cluster) == digest
-    assert_restorable(store, "uk8s-bystander", [bystander], tmp_path)
-    assert_restorable(store, IDS[0], [second[0].key], tmp_path)
+        assert checks.key_digest(cluster) == digest
+    checks.assert_restorable(store, "uk8s-bystander", [bystander], tmp_path)
+    checks.assert_restorable(store, IDS[0], [second[0].key], tmp_path)
     store.close()
 
 
@@ -94,7 +88,7 @@ def relayed(prefect_api, make_etcd_cluster, seaweedfs):
     with TCPProxy("127.0.0.1", int(seaweedfs.endpoint.rsplit(":", 1)[1])) as relay:
         refs = {}
         for how, endpoint in (("direct", seaweedfs.endpoint), ("relayed", f"http://127.0.0.1:{relay.port}")):
-            refs[how] = save_block(
+            refs[how] = checks.save_block(
                 S3Block(
                     endpoint_url=endpoint,
                     bucket=bucket,
@@ -105,7 +99,7 @@ def relayed(prefect_api, make_etcd_cluster, seaweedfs):
             )
         store = make_s3(seaweedfs, bucket)
         yield SimpleNamespace(
-            cluster=cluster, block=save_cluster(cluster, "uk8s-race"), relay=relay, store=store, **refs
+            cluster=cluster, block=checks.save_cluster(cluster, "uk8s-race"), relay=relay, store=store, **refs
         )
         store.close()
 
@@ -169,7 +163,7 @@ def test_two_backups_of_one_cluster_started_together_run_one_after_the_other_and
     assert [s.type for s in states] == [StateType.COMPLETED] * 2, states
     records = [s.result() for s in states]
     assert records[0].key != records[1].key
-    assert_restorable(relayed.store, "uk8s-race", [r.key for r in records], tmp_path)
+    checks.assert_restorable(relayed.store, "uk8s-race", [r.key for r in records], tmp_path)
     assert sorted(b.key for b in list_backups(relayed.store, "uk8s-race")) == sorted(r.key for r in records)
     windows = sorted(task_window(s.state_details.flow_run_id) for s in states)
     assert windows[0][1] <= windows[1][0]  # one after the other
@@ -178,7 +172,7 @@ def test_two_backups_of_one_cluster_started_together_run_one_after_the_other_and
 def test_a_prune_racing_a_backup_keeps_the_new_backup_and_leaves_nothing_incomplete(relayed, tmp_path):
     """keep=1 pruned by hand while a backup uploads: the older backup goes, the new one lands whole."""
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    access = access_of(relayed.cluster)
+    access = checks.access_of(relayed.cluster)
     older = [
         backup(access, relayed.store, cluster_id="uk8s-race", now=hour_ago - timedelta(minutes=m)).key for m in (1, 0)
     ]
@@ -191,5 +185,5 @@ def test_a_prune_racing_a_backup_keeps_the_new_backup_and_leaves_nothing_incompl
         new = running.result(300)
 
     assert removed == [older[0]]  # the upload in flight is not listed, so not counted and not touched
-    assert visible(relayed.store) == backup_keys(older[1], new.key)  # nothing partial, nothing else
-    assert_restorable(relayed.store, "uk8s-race", [older[1], new.key], tmp_path)
+    assert checks.visible(relayed.store) == checks.backup_keys(older[1], new.key)  # nothing partial, nothing else
+    checks.assert_restorable(relayed.store, "uk8s-race", [older[1], new.key], tmp_path)

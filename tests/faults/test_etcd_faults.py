@@ -23,16 +23,7 @@ from etcd_backup.errors import EtcdUnavailable
 from etcd_backup.pipeline import backup
 from etcd_backup.storage.local import LocalStorage
 from flows.backup import backup_etcd
-from tests.faults.checks import (
-    access_of,
-    assert_restorable,
-    backup_keys,
-    key_digest,
-    save_block,
-    save_cluster,
-    save_ufile_block,
-    visible,
-)
+from tests.faults import checks
 from tests.fleet.data import fill
 from tests.fleet.pki import make_pki
 from tests.servers.fixtures import make_ufile
@@ -60,7 +51,7 @@ def relays(request):
 
 
 def local_ref(tmp_path) -> tuple[str, LocalStorage]:
-    return save_block(LocalBlock(directory=str(tmp_path / "backups"))), LocalStorage(tmp_path / "backups")
+    return checks.save_block(LocalBlock(directory=str(tmp_path / "backups"))), LocalStorage(tmp_path / "backups")
 
 
 def no_partial_files(directory: Path) -> None:
@@ -76,39 +67,39 @@ def test_source_member_killed_mid_snapshot_fails_over_to_one_good_backup(
     fill(client, 1200, 10_000)  # ~12 MB: the stored object needs a multipart upload
     client.close()
     proxies, urls = relays(cluster)
-    block = save_cluster(cluster, CLUSTER, endpoints=urls)
+    block = checks.save_cluster(cluster, CLUSTER, endpoints=urls)
     bucket = seaweedfs.make_bucket()
-    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket)
+    ref = checks.save_ufile_block(seaweedfs, ufile_proxy, bucket)
     store = make_ufile(seaweedfs, bucket, ufile_proxy)
-    earlier = backup(access_of(cluster), store, cluster_id=CLUSTER, compression="none", now=HOUR_AGO)
-    before = key_digest(cluster)
+    earlier = backup(checks.access_of(cluster), store, cluster_id=CLUSTER, compression="none", now=HOUR_AGO)
+    before = checks.key_digest(cluster)
 
-    source = etcd.pick_sources(access_of(cluster, urls))[0]
+    source = etcd.pick_sources(checks.access_of(cluster, urls))[0]
     victim = urls.index(source)
-    size = etcd.status(access_of(cluster, urls), source).db_size
+    size = etcd.status(checks.access_of(cluster, urls), source).db_size
     proxies[victim].when_relayed(size * 2 // 3, lambda: os.kill(cluster.members[victim].process.pid, signal.SIGKILL))
     record = backup_etcd(cluster=block, storage=ref, keep=5, compression="none")
 
     assert cluster.members[victim].process.wait(5) == -signal.SIGKILL  # it really died mid-stream
     assert record.source_endpoint != source and record.source_member != f"etcd{victim + 1}"
     assert record.size > 8 << 20
-    assert visible(store) == backup_keys(earlier.key, record.key)
+    assert checks.visible(store) == checks.backup_keys(earlier.key, record.key)
     assert seaweedfs.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert_restorable(store, CLUSTER, [earlier.key, record.key], tmp_path)
-    assert key_digest(cluster, member=(victim + 1) % 3) == before
+    checks.assert_restorable(store, CLUSTER, [earlier.key, record.key], tmp_path)
+    assert checks.key_digest(cluster, member=(victim + 1) % 3) == before
     store.close()
 
 
 def test_all_members_down_fails_clearly_and_prunes_nothing(prefect_api, make_etcd_cluster, tmp_path):
     cluster = make_etcd_cluster(members=3)
     fill(cluster.client(0), 100, 1000)
-    block = save_cluster(cluster, CLUSTER)
+    block = checks.save_cluster(cluster, CLUSTER)
     ref, store = local_ref(tmp_path)
     earlier = [
-        backup(access_of(cluster), store, cluster_id=CLUSTER, now=HOUR_AGO - datetime.timedelta(hours=h))
+        backup(checks.access_of(cluster), store, cluster_id=CLUSTER, now=HOUR_AGO - datetime.timedelta(hours=h))
         for h in (1, 0)
     ]
-    before = key_digest(cluster)
+    before = checks.key_digest(cluster)
     for i in range(3):
         cluster.stop_member(i)
 
@@ -116,42 +107,42 @@ def test_all_members_down_fails_clearly_and_prunes_nothing(prefect_api, make_etc
         backup_etcd(cluster=block, storage=ref, keep=1)  # keep=1 would prune one had the backup worked
     message = str(failed.value)
     assert "no voting member answered" in message and all(url in message for url in cluster.endpoints)
-    assert visible(store) == backup_keys(*(r.key for r in earlier))
+    assert checks.visible(store) == checks.backup_keys(*(r.key for r in earlier))
     no_partial_files(tmp_path / "backups")
-    assert_restorable(store, CLUSTER, [r.key for r in earlier], tmp_path)
+    checks.assert_restorable(store, CLUSTER, [r.key for r in earlier], tmp_path)
     cluster.start()
-    assert key_digest(cluster) == before
+    assert checks.key_digest(cluster) == before
 
 
 def test_snapshot_stream_cut_in_transit_is_not_stored_and_the_retry_is_good(prefect_api, module_etcd, relays, tmp_path):
     (relay,), urls = relays(module_etcd)
-    block = save_cluster(module_etcd, CLUSTER, endpoints=urls)
+    block = checks.save_cluster(module_etcd, CLUSTER, endpoints=urls)
     ref, store = local_ref(tmp_path)
-    earlier = backup(access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
-    before = key_digest(module_etcd)
+    earlier = backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
+    before = checks.key_digest(module_etcd)
 
     relay.cut_after(8 << 20, stay_gone=False)  # the first attempt loses its link 8 MB into the ~13 MB stream
     record = backup_etcd(cluster=block, storage=ref, keep=5)
 
     assert relay.cuts == 1
-    assert visible(store) == backup_keys(earlier.key, record.key)  # the cut attempt left nothing
+    assert checks.visible(store) == checks.backup_keys(earlier.key, record.key)  # the cut attempt left nothing
     no_partial_files(tmp_path / "backups")
-    assert_restorable(store, CLUSTER, [earlier.key, record.key], tmp_path)
-    assert record.raw_size > 8 << 20 and key_digest(module_etcd) == before
+    checks.assert_restorable(store, CLUSTER, [earlier.key, record.key], tmp_path)
+    assert record.raw_size > 8 << 20 and checks.key_digest(module_etcd) == before
 
 
 def test_a_stream_cut_for_good_fails_the_run_and_stores_nothing(prefect_api, module_etcd, relays, tmp_path):
     (relay,), urls = relays(module_etcd)
-    block = save_cluster(module_etcd, CLUSTER, endpoints=urls)
+    block = checks.save_cluster(module_etcd, CLUSTER, endpoints=urls)
     ref, store = local_ref(tmp_path)
-    earlier = backup(access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
+    earlier = backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
     relay.cut_after(8 << 20)  # and stays gone: every retry fails too
     with pytest.raises(EtcdUnavailable) as failed:
         backup_etcd(cluster=block, storage=ref, keep=1)
     assert failed.value.transient and urls[0] in str(failed.value)
-    assert visible(store) == backup_keys(earlier.key)
+    assert checks.visible(store) == checks.backup_keys(earlier.key)
     no_partial_files(tmp_path / "backups")
-    assert_restorable(store, CLUSTER, [earlier.key], tmp_path)
+    checks.assert_restorable(store, CLUSTER, [earlier.key], tmp_path)
 
 
 def _expired_client_cert(pki) -> tuple[str, str]:
@@ -179,7 +170,7 @@ def test_refused_tls_fails_at_once_with_an_error_naming_the_member(
     wrong, prefect_api, module_etcd, fleet_pki, tmp_path_factory, tmp_path
 ):
     ref, store = local_ref(tmp_path)
-    earlier = backup(access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
+    earlier = backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, now=HOUR_AGO)
     if wrong == "CA":
         other = make_pki(tmp_path_factory.mktemp("other-pki"), 0)
         tls = {"ca_pem": other.ca.read_text()}
@@ -188,7 +179,7 @@ def test_refused_tls_fails_at_once_with_an_error_naming_the_member(
         cert, key = _expired_client_cert(fleet_pki)
         tls = {"cert_pem": cert, "key_pem": key}
         expected = f"expired on {datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1):%Y-%m-%d}"
-    block = save_cluster(module_etcd, CLUSTER, **tls)
+    block = checks.save_cluster(module_etcd, CLUSTER, **tls)
 
     with pytest.raises(EtcdUnavailable) as failed:
         backup_etcd(cluster=block, storage=ref, keep=1)
@@ -197,4 +188,4 @@ def test_refused_tls_fails_at_once_with_an_error_naming_the_member(
     assert not failed.value.transient  # not retried: a retry cannot fix a certificate
     assert "PRIVATE KEY" not in message
     assert [b.key for b in list_backups(store, CLUSTER)] == [earlier.key]
-    assert_restorable(store, CLUSTER, [earlier.key], tmp_path)
+    checks.assert_restorable(store, CLUSTER, [earlier.key], tmp_path)

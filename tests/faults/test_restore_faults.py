@@ -32,7 +32,7 @@ from tests.faults.checks import assert_restorable
 from tests.fleet import namespace
 from tests.fleet.fixtures import require_root, start
 from tests.fleet.nodes import Fleet
-from tests.restore_helpers import fleet_state
+from tests.restore_helpers import fleet_state, journal_showing
 from tests.servers.tcp_proxy import TCPProxy
 from tests.test_restore_cluster import CLUSTER_ID, Setup, assert_as_before, assert_restored
 
@@ -82,17 +82,6 @@ def unhold(nodes) -> None:
     for n in nodes:
         for name in ("restoring", "go"):
             n.path(f"/root/{name}").unlink(missing_ok=True)
-
-
-def wait_for(directory: Path, text: str, timeout: float = 300) -> Path:
-    """The journal in directory once it holds text."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for path in directory.glob("restore-*.jsonl"):
-            if text in path.read_text():
-                return path
-        time.sleep(0.05)
-    raise AssertionError(f"no journal in {directory} ever showed {text!r}")
 
 
 def wait_until(condition, timeout: float = 300) -> None:
@@ -254,7 +243,7 @@ def test_the_flow_killed_mid_restore_is_found_by_the_next_run_which_restores_onc
         kill = hold_restores(fleet.nodes, lambda: flow.send_signal(signal.SIGKILL))  # while every node restores
         assert flow.wait(300) == -signal.SIGKILL
         kill.join()
-    journal = wait_for(reports, begun("snapshot restore @ etcd3"), timeout=5)
+    journal = journal_showing(reports, begun("snapshot restore @ etcd3"), timeout=5)
     wait_until(lambda: not restores_running(fleet))  # what the nodes were doing goes on without the flow
     run_id = journal.stem.rsplit("-", 1)[1]
     run = f"/var/lib/etcd-restore-{run_id}"

@@ -14,15 +14,7 @@ from etcd_backup.errors import StorageError, TransientStorageError
 from etcd_backup.pipeline import backup
 from etcd_backup.storage.s3 import MiB, UFileStorage
 from flows.backup import backup_etcd
-from tests.faults.checks import (
-    access_of,
-    assert_restorable,
-    backup_keys,
-    key_digest,
-    save_cluster,
-    save_ufile_block,
-    visible,
-)
+from tests.faults import checks
 from tests.servers.ufile_proxy import Fault
 
 pytestmark = [pytest.mark.faults, pytest.mark.storage]
@@ -35,7 +27,7 @@ def earlier(module_etcd, seaweedfs, _ufile_proxy_server):
     """A good backup made once per module (bucket, key); each test gets a copy in its own bucket."""
     bucket = seaweedfs.make_bucket()
     with ufile(seaweedfs, _ufile_proxy_server, bucket) as store:
-        record = backup(access_of(module_etcd), store, cluster_id=CLUSTER, compression="zstd")
+        record = backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, compression="zstd")
     return bucket, record.key
 
 
@@ -61,7 +53,7 @@ def bucket(seaweedfs, earlier) -> str:
     source, key = earlier
     name = seaweedfs.make_bucket()
     admin = seaweedfs.client()
-    for k in backup_keys(key):
+    for k in checks.backup_keys(key):
         admin.copy_object(Bucket=name, Key=f"backups/{k}", CopySource={"Bucket": source, "Key": f"backups/{k}"})
     return name
 
@@ -72,9 +64,9 @@ def uploads(seaweedfs, bucket) -> list[str]:
 
 
 def intact(store, earlier_key, tmp_path, *new_keys) -> None:
-    """The earlier backup and the new ones are all that is visible, and each restores."""
-    assert visible(store) == backup_keys(earlier_key, *new_keys)
-    assert_restorable(store, CLUSTER, [earlier_key, *new_keys], tmp_path)
+    """The earlier backup and the new ones are all that is checks.visible, and each restores."""
+    assert checks.visible(store) == checks.backup_keys(earlier_key, *new_keys)
+    checks.assert_restorable(store, CLUSTER, [earlier_key, *new_keys], tmp_path)
 
 
 SICK = {
@@ -88,15 +80,15 @@ SICK = {
 def test_a_sick_server_mid_upload_is_retried_into_one_good_backup(
     sickness, module_etcd, seaweedfs, ufile_proxy, bucket, earlier, tmp_path
 ):
-    before = key_digest(module_etcd)
+    before = checks.key_digest(module_etcd)
     fault = ufile_proxy.inject(Fault(**{**SICK[sickness].__dict__, "hits": 0}))
     with ufile(seaweedfs, ufile_proxy, bucket) as store:
-        record = backup(access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")
+        record = backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")
         assert fault.hits == fault.times
         assert record.size > 8 * MiB  # two parts at least: the fault hit after the upload began
         intact(store, earlier[1], tmp_path, record.key)
     assert uploads(seaweedfs, bucket) == []
-    assert key_digest(module_etcd) == before
+    assert checks.key_digest(module_etcd) == before
 
 
 @pytest.mark.parametrize("kind", ["status", "reset"])
@@ -106,7 +98,7 @@ def test_an_upload_that_keeps_failing_is_aborted_and_leaves_nothing(
     fault = ufile_proxy.inject(Fault(kind, frozenset({"upload-part"}), times=None))
     with ufile(seaweedfs, ufile_proxy, bucket) as store:
         with pytest.raises(TransientStorageError) as failed:
-            backup(access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")
+            backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")
         assert fault.hits >= 3  # botocore tried each failing part three times
         assert "put of" in str(failed.value) and seaweedfs.secret_key not in str(failed.value)
         assert uploads(seaweedfs, bucket) == []
@@ -120,11 +112,11 @@ def test_an_upload_the_server_could_not_abort_is_aborted_by_the_next_put(
     ufile_proxy.inject(Fault("reset", frozenset({"upload-part", "abort-upload"}), times=None))
     with ufile(seaweedfs, ufile_proxy, bucket) as store:
         with pytest.raises(TransientStorageError):
-            backup(access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")
+            backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")
         (left,) = uploads(seaweedfs, bucket)  # the link was down for the abort too: parts stay, unseen
-        assert visible(store) == backup_keys(earlier[1])
+        assert checks.visible(store) == checks.backup_keys(earlier[1])
         ufile_proxy.heal()
-        record = backup(access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")  # a retry
+        record = backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")  # a retry
         assert uploads(seaweedfs, bucket) == []
         intact(store, earlier[1], tmp_path, record.key)
     assert left.startswith("backups/")
@@ -134,7 +126,7 @@ def test_an_abandoned_upload_is_aborted_when_the_storage_closes(module_etcd, sea
     ufile_proxy.inject(Fault("reset", frozenset({"upload-part", "abort-upload"}), times=None))
     store = ufile(seaweedfs, ufile_proxy, bucket)
     with pytest.raises(TransientStorageError):
-        backup(access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")
+        backup(checks.access_of(module_etcd), store, cluster_id=CLUSTER, compression="none")
     assert len(uploads(seaweedfs, bucket)) == 1
     ufile_proxy.heal()
     store.close()
@@ -144,9 +136,9 @@ def test_an_abandoned_upload_is_aborted_when_the_storage_closes(module_etcd, sea
 def test_wrong_keys_fail_clearly_at_once_and_prune_nothing(
     prefect_api, module_etcd, seaweedfs, ufile_proxy, bucket, earlier, tmp_path
 ):
-    cluster = save_cluster(module_etcd, CLUSTER)
+    cluster = checks.save_cluster(module_etcd, CLUSTER)
     bad = "not-" + secrets.token_hex(8)
-    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket, private_key=bad)
+    ref = checks.save_ufile_block(seaweedfs, ufile_proxy, bucket, private_key=bad)
     with pytest.raises(StorageError) as failed:
         backup_etcd(cluster=cluster, storage=ref, keep=1)
     message = str(failed.value)
@@ -159,10 +151,10 @@ def test_wrong_keys_fail_clearly_at_once_and_prune_nothing(
 
 
 def test_a_missing_bucket_fails_clearly_and_is_not_created(prefect_api, module_etcd, seaweedfs, ufile_proxy):
-    cluster = save_cluster(module_etcd, CLUSTER)
+    cluster = checks.save_cluster(module_etcd, CLUSTER)
     missing = f"missing-{secrets.token_hex(4)}"
     with pytest.raises(StorageError, match=f"bucket {missing} does not exist") as failed:
-        backup_etcd(cluster=cluster, storage=save_ufile_block(seaweedfs, ufile_proxy, missing), keep=1)
+        backup_etcd(cluster=cluster, storage=checks.save_ufile_block(seaweedfs, ufile_proxy, missing), keep=1)
     assert not failed.value.transient
     assert missing not in {b["Name"] for b in seaweedfs.client().list_buckets()["Buckets"]}
 
@@ -202,8 +194,8 @@ def test_a_bucket_crowded_with_other_tools_objects_is_paged_and_left_alone(
 ):
     foreign = _fill_foreign(seaweedfs, bucket)
     assert len(foreign) == FOREIGN
-    cluster = save_cluster(module_etcd, CLUSTER)
-    ref = save_ufile_block(seaweedfs, ufile_proxy, bucket)
+    cluster = checks.save_cluster(module_etcd, CLUSTER)
+    ref = checks.save_ufile_block(seaweedfs, ufile_proxy, bucket)
     ufile_proxy.requests.clear()
     first = backup_etcd(cluster=cluster, storage=ref, keep=2)
     pages = [r for r in ufile_proxy.requests if r.startswith(f"GET /{bucket}?") and "prefix=backups" in r]
@@ -211,7 +203,7 @@ def test_a_bucket_crowded_with_other_tools_objects_is_paged_and_left_alone(
     second = backup_etcd(cluster=cluster, storage=ref, keep=2)  # prunes the earlier backup, nothing else
     everything = _etags(seaweedfs, bucket, None)
     assert {k: everything.get(k) for k in foreign} == foreign
-    ours = {f"backups/{k}" for k in backup_keys(first.key, second.key)}
+    ours = {f"backups/{k}" for k in checks.backup_keys(first.key, second.key)}
     assert set(everything) == set(foreign) | ours  # the earlier backup pruned, nothing else gone or added
     with ufile(seaweedfs, ufile_proxy, bucket) as store:
-        assert_restorable(store, CLUSTER, [first.key, second.key], tmp_path)
+        checks.assert_restorable(store, CLUSTER, [first.key, second.key], tmp_path)

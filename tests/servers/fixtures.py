@@ -79,17 +79,11 @@ def make_ufile(seaweedfs: SeaweedFS, bucket: str, proxy: UFileProxy) -> S3Storag
     )
 
 
-def make_sftp(sshd: BackupSSHD, port: int | None = None) -> SFTPStorage:
-    """An SFTPStorage in a fresh subdirectory of the server's backup directory."""
-    directory = f"{sshd.directory}/t-{secrets.token_hex(4)}"
-    return SFTPStorage(
-        sshd.host,
-        port or sshd.port,
-        sshd.user,
-        directory,
-        private_key=sshd.private_key,
-        known_hosts=sshd.known_hosts(port),
-    )
+def make_sftp(sshd: BackupSSHD, port: int | None = None, directory: str | None = None, **auth) -> SFTPStorage:
+    """An SFTPStorage in directory (default: a fresh subdirectory), logging in by key unless auth says otherwise."""
+    auth = auth or {"private_key": sshd.private_key, "known_hosts": sshd.known_hosts(port)}
+    directory = directory or f"{sshd.directory}/t-{secrets.token_hex(4)}"
+    return SFTPStorage(sshd.host, port or sshd.port, sshd.user, directory, **auth)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.servers.process import Served, stop_group
 from tests.servers.seaweedfs import free_port
 
 # Test-only speed settings: a crash of this throwaway cluster may lose data, which no test needs.
@@ -26,7 +27,7 @@ def postgres_bindir() -> Path:
     return found[-1].parent
 
 
-class PostgresServer:
+class PostgresServer(Served):
     """One `postgres` process on 127.0.0.1:<free port>, run as the `postgres` user when we are root."""
 
     def __init__(self, user: str = "prefect", password: str | None = None, port: int | None = None):
@@ -90,22 +91,10 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), SIGKILL after 15 s, then remove the cluster's directory."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, signal.SIGINT)
         if getattr(self, "log", None):
             self.log.close()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _as_owner(self) -> dict:
         return {"user": self.os_user, "group": self.os_user} if os.geteuid() == 0 else {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import httpx
 import psutil
 from cryptography.fernet import Fernet
 
+from tests.servers.process import Served, stop_group
 from tests.servers.seaweedfs import free_port
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ WORKER_ENV = {
 ZOMBIE_AFTER_SECONDS = 90
 
 
-class PrefectCluster:
+class PrefectCluster(Served):
     """`prefect server start` on a PostgreSQL database and `prefect worker start --pool` processes."""
 
     def __init__(
@@ -274,21 +274,10 @@ class PrefectCluster:
                 continue
             with contextlib.suppress(psutil.Error):
                 leftovers += psutil.Process(proc.pid).children(recursive=True)
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, grace=20)
         for child in leftovers:
             with contextlib.suppress(psutil.Error):
                 child.kill()
-
-    def __enter__(self) -> PrefectCluster:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _healthy(self) -> bool:
         return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
