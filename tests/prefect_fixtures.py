@@ -45,6 +45,19 @@ def find_leaks(places: list[Path]) -> list[str]:
     return leaks
 
 
+def drain_clients(timeout: float = 60) -> None:
+    """Send the logs and events still queued, for at most timeout seconds each; give up on the rest.
+
+    The harness drains them without a deadline on its way out, and a queue whose server is gone (a test's own
+    server, stopped) would hang the session there; a queue given up on here is out of the harness's way.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """Start Prefect's own server once per session and point the client at it; search it for secrets at the end."""
@@ -54,6 +67,7 @@ def prefect_api():
     with prefect_test_harness(server_startup_timeout=120):
         database = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1]).parent
         yield
+        drain_clients()
         leaks = find_leaks([database, Path(PREFECT_LOCAL_STORAGE_PATH.value())])
         assert not leaks, "secrets reached Prefect's database or result storage: " + "; ".join(leaks)
 
