@@ -77,6 +77,16 @@ def hold_restores(nodes, then) -> threading.Thread:
     return thread
 
 
+def release_lock(cluster: str) -> None:
+    """Delete the cluster's lock as an operator would (UI: Concurrency); the next run creates it anew."""
+    from prefect.client.orchestration import get_client
+
+    from flows.locks import cluster_lock
+
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(cluster_lock(cluster))
+
+
 def unhold(nodes) -> None:
     """Remove the hold's own files."""
     for n in nodes:
@@ -263,6 +273,7 @@ def test_the_flow_killed_mid_restore_is_found_by_the_next_run_which_restores_onc
     assert fleet_state(fleet) == left  # refused before any change
 
     fleet.on_nodes(fleet.nodes, f"rm {run}/unfinished")  # keep the nodes as they are and restore again
+    release_lock(setup.cluster)  # the killed run's lock would free itself when its 10-minute lease runs out
     rerun = setup.run(confirm=True)
     assert rerun.is_completed(), rerun.message
     assert_restored(setup, rerun.result())

@@ -198,8 +198,10 @@ def test_a_bucket_crowded_with_other_tools_objects_is_paged_and_left_alone(
     ref = checks.save_ufile_block(seaweedfs, ufile_proxy, bucket)
     ufile_proxy.requests.clear()
     first = backup_etcd(cluster=cluster, storage=ref, keep=2)
-    pages = [r for r in ufile_proxy.requests if r.startswith(f"GET /{bucket}?") and "prefix=backups" in r]
+    listings = [r for r in ufile_proxy.requests if r.startswith(f"GET /{bucket}?") and "prefix=backups" in r]
+    pages = [r for r in listings if f"prefix=backups%2F{CLUSTER}-backup-etcd-" in r]
     assert len(pages) == 2  # one listing of this cluster's backup names, in pages of at most 1000 keys
+    assert len(listings) == 3 and f"prefix=backups%2F{CLUSTER}-events-" in listings[-1]  # and its segments: none
     second = backup_etcd(cluster=cluster, storage=ref, keep=2)  # prunes the earlier backup, nothing else
     everything = _etags(seaweedfs, bucket, None)
     assert {k: everything.get(k) for k in foreign} == foreign
