@@ -106,24 +106,30 @@ def max_overlap(intervals) -> int:
 
 
 def worker_of(cluster, run_id) -> str | None:
-    """The worker that submitted the flow run, from the run's log ("Worker '<name>' submitting flow run ...")."""
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    """The worker whose flow-run process ran the run: the process prints the run's URL into its worker's log.
 
-    with cluster.client() as c:
-        logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=PAGE)
-    for log in logs:
-        if "submitting flow run" in log.message:
-            return next((name for name in cluster.workers if f"'{name}'" in log.message), log.message)
+    Not the "submitting flow run" log line: two workers may both submit a run and the server aborts one.
+    """
+    mark = f"/runs/flow-run/{run_id}"
+    for name in cluster.workers:
+        if mark in cluster.worker_log(name).read_text(errors="replace"):
+            return name
     return None
 
 
 def run_logs(cluster, run_id) -> str:
-    """The flow run's log messages, one per line."""
+    """The flow run's log messages, one per line (every page)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    found: list = []
     with cluster.client() as c:
-        logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=PAGE)
-    return "\n".join(log.message for log in logs)
+        while page := c.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=PAGE, offset=len(found)
+        ):
+            found += page
+            if len(page) < PAGE:
+                break
+    return "\n".join(log.message for log in found)
 
 
 class MemorySampler(threading.Thread):

@@ -3,9 +3,10 @@
 One server, one pool and two `prefect worker start` processes for the module (tests/servers/scale_fixtures.py),
 20 single-member etcd clusters backed up to one S3 bucket (SeaweedFS), their backup deployments made by
 deployments/build.py from one backups.toml as `python -m deployments deploy` makes them, every cluster on the
-same cron minutes (the restore-lock test runs the `deploy` command itself). The tests share one timeline and run
-in file order: the restore-lock test (its own cluster, relay and deployment) while the first tick comes, then
-the two ticks, then a worker killed between ticks and the next tick.
+same cron minutes (the restore-lock test runs the `deploy` command itself). The tests run in file order on one
+timeline: the restore-lock test (its own cluster, relay and deployments) before any tick; two ticks; a worker
+killed while the pool is quiet, then the next tick, deployed after the kill. A tick's 20 runs may take longer
+than a minute on a loaded machine: each cluster's window is read from its own runs' start and end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,8 +56,8 @@ pytestmark = [pytest.mark.scale, pytest.mark.slow, pytest.mark.xdist_group("scal
 
 CLUSTERS = 20
 AT_ONCE = 4  # [limits] backups_at_once
-MINUTES = 4  # cron minutes, every other one (a tick's 20 runs finish before the next on a loaded 2-core machine)
 LEAD_SECONDS = 20  # from the end of `deploy` to the first tick: the scheduler creates the runs meanwhile
+DEPLOY = timedelta(seconds=20)  # what deploying the 20 deployments may take here
 
 
 class Scale:
@@ -71,7 +73,7 @@ class Scale:
         self.lock_relay = TCPProxy("127.0.0.1", port).start()  # the restore-lock test's cluster's
         self.seaweedfs = seaweedfs
         self.etcds: dict[str, EtcdCluster] = {}
-        self.ticks: list[datetime] = []
+        self.backup_ids: dict[str, object] = {}
 
     def storage_block(self, name: str, relay: TCPProxy | None) -> str:
         """Save an S3 storage block on the module's bucket (through a relay when given)."""
@@ -85,10 +87,9 @@ class Scale:
         ).save(name, overwrite=True)
         return f"s3-storage/{name}"
 
-    def config(self, first_tick: datetime) -> Path:
+    def config(self, ticks: list[datetime]) -> Path:
         """backups.toml: every cluster on the same cron minutes; c00 stores through the relay."""
-        self.ticks = [first_tick + timedelta(minutes=2 * k) for k in range(MINUTES)]
-        minutes = ",".join(str(t.minute) for t in self.ticks)
+        minutes = ",".join(str(t.minute) for t in ticks)
         text = f"[limits]\nbackups_at_once = {AT_ONCE}\n"
         for name in self.names:
             storage = "s3-storage/scale-relayed" if name == "c00" else "s3-storage/scale"
@@ -100,13 +101,27 @@ class Scale:
         path.write_text(text)
         return path
 
+    def schedule(self, count: int) -> list[datetime]:
+        """Deploy every cluster's backup on the next `count` whole minutes (updated in place); return those ticks."""
+        while True:
+            began = datetime.now(UTC)
+            ticks = [first_tick_after(began + DEPLOY) + timedelta(minutes=k) for k in range(count)]
+            output = deploy_backups(self.cluster, self.config(ticks))
+            if ticks[0] - datetime.now(UTC) >= timedelta(seconds=LEAD_SECONDS):  # else deployed too late: again
+                break
+        self.backup_ids = deployment_ids(self.cluster, "etcd-backup", self.names)
+        print(f"\n{output}deployed in {(datetime.now(UTC) - began).total_seconds():.1f} s; ticks "
+              f"{', '.join(f'{t:%H:%M}' for t in ticks)}")  # fmt: skip
+        return ticks
+
     def backups_before(self, name: str, moment: datetime) -> list:
         """The listed backups of a cluster taken before moment."""
         return [b for b in list_backups(self.store, cluster_id(name)) if b.time < moment]
 
-    def backups_between(self, name: str, start: datetime, end: datetime) -> list:
-        """The listed backups of a cluster taken in [start, end)."""
-        return [b for b in list_backups(self.store, cluster_id(name)) if start <= b.time < end]
+    def backups_during(self, name: str, first, last) -> list:
+        """The listed backups of a cluster named for a second from the start of run `first` to the end of `last`."""
+        start = first.start_time.replace(microsecond=0)  # backup names keep whole seconds
+        return [b for b in list_backups(self.store, cluster_id(name)) if start <= b.time <= last.end_time]
 
 
 def deploy_backups(cluster, config: Path) -> str:
@@ -122,6 +137,10 @@ def deploy_backups(cluster, config: Path) -> str:
     return f"{len(made)} etcd-backup deployments on work pool {cluster.pool}\n"
 
 
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
 def cluster_id(name: str) -> str:
     return f"uk8s-scale-{name}"
 
@@ -133,7 +152,7 @@ def first_tick_after(moment: datetime) -> datetime:
 
 @pytest.fixture(scope="module")
 def scale(prefect_cluster, seaweedfs, fleet_pki, tmp_path_factory):
-    """20 filled one-member etcd clusters, their blocks, and every deployment made by `deploy` from one file."""
+    """20 filled one-member etcd clusters and their blocks; `schedule` deploys their backups on the next ticks."""
     tmp = tmp_path_factory.mktemp("scale")
     setup = Scale(prefect_cluster, seaweedfs, tmp)
     with contextlib.ExitStack() as stack, prefect_cluster.settings():
@@ -156,14 +175,6 @@ def scale(prefect_cluster, seaweedfs, fleet_pki, tmp_path_factory):
                 cert_pem=Path(etcd.cert).read_text(),
                 key_pem=Path(etcd.key).read_text(),
             ).save(name, overwrite=True)
-        began = time.monotonic()
-        config = setup.config(first_tick_after(datetime.now(UTC)))
-        output = deploy_backups(prefect_cluster, config)
-        setup.ticks = [t for t in setup.ticks if t >= first_tick_after(datetime.now(UTC))]  # whole ticks only
-        print(f"\n{output}deployed in {time.monotonic() - began:.1f} s; ticks used "
-              f"{', '.join(f'{t:%H:%M}' for t in setup.ticks)}")  # fmt: skip
-        assert len(setup.ticks) >= 3, f"deploy took {time.monotonic() - began:.0f} s: too few cron minutes left"
-        setup.backup_ids = deployment_ids(prefect_cluster, "etcd-backup", setup.names)
         yield setup
         with prefect_cluster.client() as c:
             for deployment_id in setup.backup_ids.values():
@@ -233,7 +244,8 @@ def test_a_restore_waits_for_the_running_backup_of_its_cluster_and_a_backup_duri
     first_step = min(t.start_time for t in task_runs(prefect_cluster, [restore.id]) if t.start_time)
     assert restore.start_time < backup.end_time <= first_step  # it was running, and it waited
     [made] = list_backups(scale.store, "uk8s-scale-lock")
-    assert f"restored from {made.key}" in run_logs(prefect_cluster, restore.id)  # the backup it waited for
+    told = f"restored from {made.key}"  # the backup it waited for (its last log lines come after its final state)
+    assert prefect_cluster.wait_for(lambda: told in run_logs(prefect_cluster, restore.id), 30, "the restore's log")
     assert_restorable(scale.store, "uk8s-scale-lock", [made.key], tmp_path)
     fleet.wait_healthy(60)
     with fleet.client() as client:
@@ -245,76 +257,97 @@ def test_a_restore_waits_for_the_running_backup_of_its_cluster_and_a_backup_duri
     print(f"\nskipped: {skipped.state.message}")
 
 
+@dataclass
+class Timeline:
+    """Two ticks of the 20 clusters with a worker killed between them, as the `ticks` fixture saw them."""
+
+    first: dict  # deployment id -> flow run of the first tick (both workers online)
+    second: dict  # ... of the second tick, deployed after the kill (one worker left)
+    killed: object  # the c00 run whose worker was killed mid-upload, once it ended
+    victim: str
+    survivor: str
+    started: datetime  # just before the killed run was created
+    complete_before: list[str]  # c00's complete backups before the kill
+    crashed_after: float  # seconds from the kill to the run's Crashed state
+
+
+@pytest.fixture(scope="module")
+def ticks(scale, prefect_cluster) -> Timeline:
+    """A tick on both workers; then, the pool quiet, the worker running c00's upload SIGKILLed; then the next tick."""
+    with prefect_cluster.settings():
+        [tick] = scale.schedule(1)
+    first = run_tick(prefect_cluster, scale, tick)  # once it is over no tick run is on a worker
+    complete_before = [b.key for b in scale.backups_before("c00", now()) if b.complete]
+    with prefect_cluster.settings():
+        stall = Stall(scale.relay)
+        started = now() - timedelta(seconds=1)
+        killed = start_run("etcd-backup/c00")
+        stall.wait()
+    victim = prefect_cluster.wait_for(lambda: worker_of(prefect_cluster, killed.id), 300, "the run's worker")
+    killed_at = time.monotonic()
+    prefect_cluster.kill_worker(victim)
+    stall.go.set()
+    with prefect_cluster.settings():
+        [tick] = scale.schedule(1)  # the next tick
+    [killed] = wait_terminal(prefect_cluster, [killed.id], 600)
+    crashed_after = time.monotonic() - killed_at
+    second = run_tick(prefect_cluster, scale, tick)
+    survivor = next(w for w in prefect_cluster.workers if w != victim)
+    return Timeline(first, second, killed, victim, survivor, started, complete_before, crashed_after)
+
+
+def run_tick(cluster, scale: Scale, tick: datetime) -> dict:
+    """Wait for the 20 runs of a tick to be created and to finish; deployment id -> run."""
+    ids = list(scale.backup_ids.values())
+    found = cluster.wait_for(lambda: len(r := runs_at(cluster, ids, tick)) == CLUSTERS and r, 600, f"runs at {tick}")
+    return {r.deployment_id: r for r in wait_terminal(cluster, [r.id for r in found], 900)}
+
+
 def test_two_ticks_of_20_clusters_on_one_cron_minute_give_each_two_good_backups_within_the_limits(
-    scale, prefect_cluster, tmp_path
+    ticks, scale, prefect_cluster, tmp_path
 ):
     """Both ticks: every run completes, two good backups per cluster, no overlap per cluster, never over the limit."""
-    ids = list(scale.backup_ids.values())
-    runs = []
-    for tick in scale.ticks[:2]:
-        found = prefect_cluster.wait_for(
-            lambda t=tick: len(r := runs_at(prefect_cluster, ids, t)) == CLUSTERS and r, 600, f"the runs at {tick}"
-        )
-        runs += wait_terminal(prefect_cluster, [r.id for r in found], 900)
+    runs = [*ticks.first.values(), *ticks.second.values()]
     assert {r.state.name for r in runs} == {"Completed"}, [(r.name, r.state.name, r.state.message) for r in runs]
-
-    for name in scale.names:
-        backups = scale.backups_between(name, scale.ticks[0], scale.ticks[2])
-        assert len(backups) == 2 and all(b.complete for b in backups), (name, backups)
-        assert_restorable(scale.store, cluster_id(name), [b.key for b in backups], tmp_path)
+    for name, deployment_id in scale.backup_ids.items():
+        listed = scale.backups_during(name, ticks.first[deployment_id], ticks.second[deployment_id])
+        good = [b for b in listed if b.complete]
+        assert len(good) == 2, (name, listed)
+        assert_restorable(scale.store, cluster_id(name), [b.key for b in good], tmp_path)
     by_deployment: dict = {}
-    for r in runs:
+    for r in [*runs, ticks.killed]:
         by_deployment.setdefault(r.deployment_id, []).append((r.start_time, r.end_time))
     assert all(max_overlap(spans) == 1 for spans in by_deployment.values())
     windows = work_windows(prefect_cluster, [r.id for r in finished_runs(prefect_cluster, "etcd-backup")])
     assert max_overlap(windows.values()) <= AT_ONCE
-    workers = {worker_of(prefect_cluster, r.id) for r in runs}
+    workers = {worker_of(prefect_cluster, r.id) for r in ticks.first.values()}
     assert workers == {"worker-1", "worker-2"}, workers
     spans = sorted((r.end_time - r.start_time).total_seconds() for r in runs)
-    print(f"\n{len(runs)} runs on {sorted(workers)}; at most {max_overlap(windows.values())} working at once "
-          f"(limit {AT_ONCE}); run wall time {spans[0]:.1f}..{spans[len(spans) // 2]:.1f}..{spans[-1]:.1f} s "
-          "(min..median..max)")  # fmt: skip
+    print(f"\n{len(runs)} runs; the first tick on {sorted(workers)}; at most {max_overlap(windows.values())} "
+          f"working at once (limit {AT_ONCE}); run wall time "
+          f"{spans[0]:.1f}..{spans[len(spans) // 2]:.1f}..{spans[-1]:.1f} s (min..median..max)")  # fmt: skip
 
 
 def test_a_worker_killed_mid_backup_leaves_a_crashed_run_and_no_partial_backup_and_the_next_tick_runs_on_the_other(
-    scale, prefect_cluster
+    ticks, scale, prefect_cluster
 ):
     """SIGKILL the worker running c00's upload: Crashed, nothing partial listed, the next tick completes everywhere."""
-    ids = list(scale.backup_ids.values())
-    now = datetime.now(UTC)
-    following = next(t for t in scale.ticks if t > now + timedelta(seconds=25))
-    earlier = [r.id for t in scale.ticks if t < following for r in runs_at(prefect_cluster, ids, t)]
-    wait_terminal(prefect_cluster, earlier, 900)  # no tick run is on a worker when it is killed
-    before = [b.key for b in scale.backups_before("c00", following)]
-    with prefect_cluster.settings():
-        stall = Stall(scale.relay)
-        started = datetime.now(UTC) - timedelta(seconds=1)
-        killed = start_run("etcd-backup/c00")
-        stall.wait()
-    victim = prefect_cluster.wait_for(lambda: worker_of(prefect_cluster, killed.id), 300, "the run's worker")
-    survivor = next(w for w in prefect_cluster.workers if w != victim)
-    killed_at = time.monotonic()
-    prefect_cluster.kill_worker(victim)
-    stall.go.set()
-
-    crashed = wait_terminal(prefect_cluster, [killed.id], 600)[0]
-    crashed_after = time.monotonic() - killed_at
+    crashed = ticks.killed
     assert crashed.state.type == StateType.CRASHED and "heartbeat" in crashed.state.message, crashed.state
-    listed = list_backups(scale.store, cluster_id("c00"))
+    next_run = ticks.second[scale.backup_ids["c00"]]
+    listed = [b for b in list_backups(scale.store, cluster_id("c00")) if b.time < next_run.start_time]
     # nothing partial passes for a backup: S3 may have stored the killed run's object (its body was sent) but its
     # manifest never came, so it is listed as incomplete (never restored, never counted, swept by retention later)
     partial = [b for b in listed if not b.complete]
-    assert len(partial) <= 1 and all(b.manifest is None and b.time >= started for b in partial), listed
-    assert [b.key for b in listed if b.complete and b.time < following] == before  # and nothing lost
-    found = prefect_cluster.wait_for(
-        lambda: len(r := runs_at(prefect_cluster, ids, following)) == CLUSTERS and r, 600, "the next tick's runs"
-    )
-    done = wait_terminal(prefect_cluster, [r.id for r in found], 900)
+    assert len(partial) <= 1 and all(b.manifest is None and b.time >= ticks.started for b in partial), listed
+    assert [b.key for b in listed if b.complete] == ticks.complete_before  # and nothing lost
+    done = list(ticks.second.values())
     assert {r.state.name for r in done} == {"Completed"}, [(r.name, r.state.name, r.state.message) for r in done]
-    assert {worker_of(prefect_cluster, r.id) for r in done} == {survivor}
-    assert prefect_cluster.workers[victim].poll() is not None  # still dead: nothing else could have run them
-    for name in scale.names:
-        [made] = scale.backups_between(name, following, following + timedelta(minutes=2))  # before the next tick
-        assert made.complete
-    print(f"\nkilled {victim}: run Crashed {crashed_after:.0f} s later ({crashed.state.message}); tick "
-          f"{following:%H:%M} completed on {survivor} for all {CLUSTERS} clusters")  # fmt: skip
+    assert {worker_of(prefect_cluster, r.id) for r in done} == {ticks.survivor}
+    assert prefect_cluster.workers[ticks.victim].poll() is not None  # still dead: nothing else could have run them
+    for name, deployment_id in scale.backup_ids.items():
+        run = ticks.second[deployment_id]
+        made = scale.backups_during(name, run, run)
+        assert len(made) == 1 and made[0].complete, (name, made)
+    print(f"\nkilled {ticks.victim}: run Crashed {ticks.crashed_after:.0f} s later ({crashed.state.message}); "
+          f"the next tick completed on {ticks.survivor} for all {CLUSTERS} clusters")  # fmt: skip

@@ -127,6 +127,10 @@ class PrefectCluster(Served):
         """Create the process work pool (as an operator would with the CLI)."""
         self.cli("work-pool", "create", self.pool, "--type", "process", "--overwrite")
 
+    def worker_log(self, name: str) -> Path:
+        """A worker's log, with the output of the flow-run processes it started."""
+        return self.workdir / name / "worker.log"
+
     def start_worker(self, name: str, limit: int | None = None) -> subprocess.Popen:
         """Start `prefect worker start --pool` in the checkout with its own PREFECT_HOME, as on its own machine."""
         home = self.workdir / name
@@ -135,7 +139,7 @@ class PrefectCluster(Served):
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--name", name]
         limit = self.worker_limits.setdefault(name, limit)
         cmd += ["--limit", str(limit)] if limit else []
-        self.workers[name] = self._spawn(cmd, env, home / "worker.log")
+        self.workers[name] = self._spawn(cmd, env, self.worker_log(name))
         return self.workers[name]
 
     def kill_worker(self, name: str) -> list[int]:

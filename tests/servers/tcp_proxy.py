@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -37,6 +38,8 @@ class TCPProxy:
 
     def stop(self) -> None:
         """Close the listener and every relayed connection."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(): close() alone leaves the port listening
         self.listener.close()
         self._drop_all()
 
