@@ -130,12 +130,15 @@ class Node:
         """Run cmd with fabric's Connection.run; map timeouts and lost connections to NodeError."""
         conn = self._connection()
         log.debug("%s: %s", self, cmd)
+        began = time.monotonic()
         try:
             out = conn.run(self._wrap(cmd, sudo=sudo, env=env), timeout=timeout)
         except CommandTimedOut:
             raise self._error(f"`{_short(cmd)}` timed out after {timeout:.0f} s", step="run") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._lost(cmd, exc) from None
+        if out.exited == -1 and time.monotonic() - began >= timeout:  # invoke's timer closed the channel first
+            raise self._error(f"`{_short(cmd)}` timed out after {timeout:.0f} s", step="run")
         if out.exited == -1 and not self._alive():  # no exit status: the connection went away
             raise self._lost(cmd)
         return Result(out.stdout, out.stderr, out.exited)

@@ -104,13 +104,13 @@ class Scale:
     def schedule(self, count: int) -> list[datetime]:
         """Deploy every cluster's backup on the next `count` whole minutes (updated in place); return those ticks."""
         while True:
-            began = datetime.now(UTC)
+            began = now()
             ticks = [first_tick_after(began + DEPLOY) + timedelta(minutes=k) for k in range(count)]
             output = deploy_backups(self.cluster, self.config(ticks))
-            if ticks[0] - datetime.now(UTC) >= timedelta(seconds=LEAD_SECONDS):  # else deployed too late: again
+            if ticks[0] - now() >= timedelta(seconds=LEAD_SECONDS):  # else deployed too late: again
                 break
         self.backup_ids = deployment_ids(self.cluster, "etcd-backup", self.names)
-        print(f"\n{output}deployed in {(datetime.now(UTC) - began).total_seconds():.1f} s; ticks "
+        print(f"\n{output}deployed in {(now() - began).total_seconds():.1f} s; ticks "
               f"{', '.join(f'{t:%H:%M}' for t in ticks)}")  # fmt: skip
         return ticks
 
@@ -120,7 +120,7 @@ class Scale:
 
     def backups_during(self, name: str, first, last) -> list:
         """The listed backups of a cluster named for a second from the start of run `first` to the end of `last`."""
-        start = first.start_time.replace(microsecond=0)  # backup names keep whole seconds
+        start = first.start_time - timedelta(microseconds=first.start_time.microsecond)  # names keep whole seconds
         return [b for b in list_backups(self.store, cluster_id(name)) if start <= b.time <= last.end_time]
 
 
