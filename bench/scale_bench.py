@@ -9,7 +9,9 @@ then per (workers, clusters) starts one backup run per cluster at once and waits
   (snapshot + compression + upload), median; the wait for a transfer slot (at most `--at-once`) is counted
   apart, from the same run's timeline (start of flow to start of its first task run),
 - peak RSS of the server (with its children), each worker, the largest flow-run process,
-- API requests per run: lines of the server's access log during the round / runs.
+- API requests per run: lines of the server's access log during the round / runs,
+- side by side, the runbook's way for the same clusters without Prefect (etcdctl snapshot save, tar czf,
+  boto3 upload), `--at-once` at a time: backups/min and the median wall time of one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -132,6 +135,27 @@ def one_round(prefect: PrefectCluster, names: list[str]) -> dict:
     }
 
 
+def plain_round(clusters: list[EtcdCluster], s3: SeaweedFS, at_once: int, workdir: Path) -> dict:
+    """The runbook's way for the same clusters, `at_once` at a time (a cron script with `xargs -P`), no Prefect."""
+    from bench.backup_bench import runbook_way
+
+    bucket = s3.make_bucket()
+    began = time.monotonic()
+
+    def one(i: int) -> float:
+        return runbook_way(clusters[i], s3, bucket, workdir / f"plain{i}")[0]
+
+    with ThreadPoolExecutor(at_once) as pool:
+        walls = list(pool.map(one, range(len(clusters))))
+    seconds = time.monotonic() - began
+    return {
+        "clusters": len(clusters),
+        "seconds": round(seconds, 1),
+        "backups_per_min": round(len(clusters) / seconds * 60, 1),
+        "wall_median_s": round(statistics.median(walls), 2),
+    }
+
+
 def database_size(pg: PostgresServer) -> tuple[int, int]:
     """(bytes of the Prefect database, flow runs in it)."""
     rows = pg.psql("prefect_bench", "select pg_database_size('prefect_bench'), (select count(*) from flow_run)")
@@ -177,6 +201,10 @@ def main() -> None:
                 results.append(figures)
         solo = one_round(prefect, names[:1])
         print(json.dumps({"solo": solo}), flush=True)
+        for count in args.clusters:
+            for i in range(count):
+                (workdir / f"plain{i}").mkdir(exist_ok=True)
+            print(json.dumps({"plain": plain_round(clusters[:count], s3, args.at_once, workdir)}), flush=True)
         size, runs = database_size(pg)
         grown = (size - baseline[0]) // max(runs - baseline[1], 1)
         print(json.dumps({"db_bytes": size, "flow_runs": runs, "db_bytes_per_backup_run": grown}), flush=True)
