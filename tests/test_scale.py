@@ -61,7 +61,7 @@ DEPLOY = timedelta(seconds=20)  # what deploying the 20 deployments may take her
 
 
 class Scale:
-    """The module's clusters, blocks, deployments and tick times."""
+    """The module's clusters, blocks and backup deployments (deployed on the next ticks by `schedule`)."""
 
     def __init__(self, cluster, seaweedfs, tmp: Path):
         self.cluster, self.tmp = cluster, tmp
