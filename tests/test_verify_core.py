@@ -211,7 +211,8 @@ def test_snapshot_of_another_cluster_fails(make_etcd_cluster, etcd_version, tmp_
 
 EXPECTED = {  # what happens, in the words verification uses
     "value bytes": ["etcd HashKV at revision"],
-    "page header": ["the snapshot does not restore", "panic: freepages: failed to get all reachable pages"],
+    # bbolt panics on the zeroed page header; its words depend on what it reads there (freepages, index out of range)
+    "page header": ["the snapshot does not restore", "snapshot restore exited with 2: panic: "],
     "key length": ["failed to unmarshal mvccpb.KeyValue"],  # 3.5 fails to start, 3.4's etcdctl fails to restore
     "key order": ["but the snapshot holds data up to revision", "part of the data did not load"],
 }
