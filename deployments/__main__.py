@@ -69,12 +69,14 @@ def _summary(file: BackupsFile) -> None:
 
 
 def _deploy(file: BackupsFile, args: argparse.Namespace) -> None:
+    from deployments.build import BY_HAND_QUEUE
     from deployments.deploy import deploy
 
     done = deploy(file, pool=args.pool, config=str(args.config), replace=args.replace, remove_stale=args.remove_stale)
     if done.pool_created:
         print(f"work pool {done.pool} created (type process)")
     print(f"{len(done.deployments)} deployment(s) created or updated on work pool {done.pool}")
+    print(f"runs started by hand (restores, diagnose, list, prune) go to work queue {BY_HAND_QUEUE}: taken first")
     for name in done.removed:
         print(f"removed {name}: no longer in {args.config}")
     for name in sorted(set(done.stale) - set(done.removed)):

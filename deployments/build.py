@@ -78,37 +78,46 @@ MANUAL = {  # what each manual deployment is for, as its description says
 }
 
 
-def manual_deployments(schedules: list[BackupSchedule], about: str = "", entrypoint: EntrypointType = FILE) -> list:
+BY_HAND_QUEUE = "by-hand"  # the work queue (priority 1) of the runs an operator starts: restores before backups
+
+
+def manual_deployments(
+    schedules: list[BackupSchedule], about: str = "", entrypoint: EntrypointType = FILE, queue: str | None = None
+) -> list:
     """Deployments for runs started by hand: those that need storage per entry, the others once per cluster."""
     made = []
     for s in schedules:
         both = {"cluster": s.cluster, "storage": s.storage}
         restore = both | ({"identity": s.identity} if s.identity else {})
         for f, params in ((list_backups, both), (prune_backups, {**both, "keep": s.parameters()["keep"]})):
-            made.append(_manual(f, s.deployment, params, about, entrypoint))
-        made.append(_manual(restore_cluster, s.deployment, restore, about, entrypoint))
+            made.append(_manual(f, s.deployment, params, about, entrypoint, queue))
+        made.append(_manual(restore_cluster, s.deployment, restore, about, entrypoint, queue))
     for cluster in dict.fromkeys(s.cluster for s in schedules):
         for f in (diagnose_cluster, restore_member):
-            made.append(_manual(f, cluster, {"cluster": cluster}, about, entrypoint))
+            made.append(_manual(f, cluster, {"cluster": cluster}, about, entrypoint, queue))
     return made
 
 
-def _manual(flow, name: str, parameters: dict, about: str, entrypoint: EntrypointType):
+def _manual(flow, name: str, parameters: dict, about: str, entrypoint: EntrypointType, queue: str | None):
+    """A deployment for runs by hand, on the work queue `queue` when it goes to a work pool."""
     return flow.to_deployment(
         name=name,
         parameters=parameters,
         tags=tags(parameters["cluster"]),
         description=MANUAL[flow].format(**{"storage": "", **parameters}) + about,
         entrypoint_type=entrypoint,
+        work_queue_name=queue,
     )
 
 
-def all_deployments(schedules: list[BackupSchedule], about: str = "", entrypoint: EntrypointType = FILE) -> list:
-    """Every deployment of the entries: backups, verifications and followers, then the manual flows."""
+def all_deployments(
+    schedules: list[BackupSchedule], about: str = "", entrypoint: EntrypointType = FILE, by_hand: str | None = None
+) -> list:
+    """Every deployment of the entries: backups, verifications and followers, then the manual flows (queue by_hand)."""
     scheduled = [backup_deployment(s, about, entrypoint) for s in schedules]
     scheduled += [verify_deployment(s, about, entrypoint) for s in schedules]
     scheduled += [continuous_deployment(s, about, entrypoint) for s in schedules]
-    return scheduled + manual_deployments(schedules, about, entrypoint)
+    return scheduled + manual_deployments(schedules, about, entrypoint, by_hand)
 
 
 def plain(parameters: dict) -> dict:

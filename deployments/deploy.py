@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from deployments.build import MODULE, all_deployments
+from deployments.build import BY_HAND_QUEUE, MODULE, all_deployments
 from deployments.config import BackupsFile
 from deployments.conflicts import managed_by, manager, refuse_replacements
 from flows.locks import TRANSFERS, cluster_lock, ensure_limit, set_limit
 
 T, R = TypeVar("T"), TypeVar("R")
+QUEUE_ABOUT = "Runs started by hand (restores, diagnose, list, prune): workers take them before scheduled backups."
 PAGE = 200  # the API's largest page
 APPLY_THREADS = 8  # deployments created at once: 1,000 clusters are 7,000 deployments
 
@@ -45,13 +46,14 @@ def owner(config: str) -> str:
 def deploy(file: BackupsFile, *, pool: str, config: str, replace: bool = False, remove_stale: bool = False) -> Deployed:
     """Check, then create or update the pool, the limits and every deployment; list (or remove) stale ones."""
     who = owner(config)
-    deployments = all_deployments(file.backups, managed_by("Deployed", who), MODULE)
+    deployments = all_deployments(file.backups, managed_by("Deployed", who), MODULE, BY_HAND_QUEUE)
 
     def ours(description: str | None) -> bool:
         return manager(description) == f"deployed by {who}"
 
     refuse_replacements(deployments, replace, "deploy", "or pass --replace to take them over", ours)
     created = ensure_pool(pool)
+    ensure_first_queue(pool, BY_HAND_QUEUE)
     set_limit(TRANSFERS, file.limits.backups_at_once)
     for cluster in dict.fromkeys(s.cluster for s in file.backups):
         ensure_limit(cluster_lock(cluster), 1)
@@ -85,6 +87,21 @@ def ensure_pool(pool: str) -> bool:
             template = ProcessWorker.get_default_base_job_template()
             client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
             return True
+
+
+def ensure_first_queue(pool: str, queue: str) -> None:
+    """Make `queue` the pool's priority-1 work queue: workers take its runs before the other queues' runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_work_queue_by_name(queue, work_pool_name=pool)
+        except ObjectNotFound:
+            client.create_work_queue(queue, description=QUEUE_ABOUT, priority=1, work_pool_name=pool)
+            return
+        if found.priority != 1:
+            client.update_work_queue(found.id, priority=1)
 
 
 def stale_deployments(who: str, current: set[str]) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from deployments.build import MODULE, all_deployments, plain
+from deployments.build import BY_HAND_QUEUE, MODULE, all_deployments, plain
 from deployments.config import BackupsFile
 from flows.locks import TRANSFERS
 
@@ -16,6 +16,8 @@ HEADER = """\
 #                                            module path, so there is no pull step and no machine path)
 # `deploy` also sets the global concurrency limit {transfers} to [limits] backups_at_once ({limit});
 # with the CLI set it yourself: prefect gcl create {transfers} --limit {limit}  (created with 4 if missing).
+# Runs started by hand go to the work queue {queue}; `deploy` makes it the pool's first queue, so workers take
+# a restore before queued backups. With the CLI: prefect work-queue create {queue} --pool {pool} --priority 1
 """
 
 
@@ -25,9 +27,11 @@ def render(file: BackupsFile, pool: str, source: str) -> str:
         "name": "etcd-backup",
         "prefect-version": ">=3.9,<3.10",
         "pull": [],
-        "deployments": [_entry(d, pool) for d in all_deployments(file.backups, "", MODULE)],
+        "deployments": [_entry(d, pool) for d in all_deployments(file.backups, "", MODULE, BY_HAND_QUEUE)],
     }
-    header = HEADER.format(source=source, pool=pool, transfers=TRANSFERS, limit=file.limits.backups_at_once)
+    header = HEADER.format(
+        source=source, pool=pool, transfers=TRANSFERS, limit=file.limits.backups_at_once, queue=BY_HAND_QUEUE
+    )
     return header + "\n" + yaml.safe_dump(document, sort_keys=False, width=120, allow_unicode=True)
 
 
@@ -39,5 +43,5 @@ def _entry(d, pool: str) -> dict:
         strategy = d.concurrency_options.collision_strategy
         entry["concurrency_limit"] = {"limit": d.concurrency_limit, "collision_strategy": str(strategy.value)}
     entry["parameters"] = plain(d.parameters)
-    entry["work_pool"] = {"name": pool}
+    entry["work_pool"] = {"name": pool} | ({"work_queue_name": d.work_queue_name} if d.work_queue_name else {})
     return entry
