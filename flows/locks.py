@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ import httpx
 from prefect import get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from etcd_backup import flow_names
@@ -40,6 +42,7 @@ RESTORE_LEASE_SECONDS = 600  # a restore keeps its lock through an API outage th
 RESTORE_WAIT_SECONDS = 3600  # a restore waits this long for the running backup of its cluster
 BACKUP_LOCK_WAIT_SECONDS = 900  # a backup waits this long for a cluster lock held by something other than a restore
 LOCK_POLL_SECONDS = 10
+LOCK_REPORT_SECONDS = 60  # a waiting restore says every minute what holds its lock
 RESTORES = (flow_names.RESTORE_CLUSTER, flow_names.RESTORE_MEMBER)
 
 
@@ -106,18 +109,34 @@ def busy(exc: ConcurrencySlotAcquisitionError) -> bool:
 
 def running_restore(cluster: str) -> str | None:
     """'<flow> run <name>' of a restore of this cluster that is running or paused, or None."""
+    return _running(cluster, RESTORES)
+
+
+def lock_holder(cluster: str, waiting: str = "") -> str:
+    """Who most likely holds the cluster's lock, in words for the log of the run `waiting` (its flow run id)."""
+    found = _running(cluster, (flow_names.BACKUP, *RESTORES), but=waiting)
+    if found:
+        return f"{found} holds it"
+    return (
+        f"no backup or restore of {cluster} is running: a run that died holding it; its lease frees it within "
+        f"{RESTORE_LEASE_SECONDS // 60} min, or delete {cluster_lock(cluster)} under Concurrency in the UI"
+    )
+
+
+def _running(cluster: str, flows: tuple[str, ...], but: str = "") -> str | None:
+    """'<flow> run <name>' of a run (not `but`) of these flows for this cluster, running or paused, or None."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
     from prefect.client.schemas.objects import StateType
 
     active = FlowRunFilter(state=FlowRunFilterState(type={"any_": [StateType.RUNNING, StateType.PAUSED]}))
     with get_client(sync_client=True) as client:
-        for flow_name in RESTORES:
+        for flow_name in flows:
             runs = client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])), flow_run_filter=active, limit=100
             )
             for run in runs:
-                if run.parameters.get("cluster") == cluster:
+                if run.parameters.get("cluster") == cluster and str(run.id) != but:
                     return f"{flow_name} run {run.name!r}"
     return None
 
@@ -225,17 +244,44 @@ def _take_cluster_lock_unless_restoring(stack: contextlib.ExitStack, cluster: st
 
 def _wait_for_cluster_lock(stack: contextlib.ExitStack, cluster: str) -> None:
     name, logger = cluster_lock(cluster), get_run_logger()
-    began = time.monotonic()
+    began, me = time.monotonic(), str(flow_run.id)
+
+    def report() -> None:
+        waited = time.monotonic() - began
+        logger.warning("still waiting for lock %s after %.0f s: %s", name, waited, lock_holder(cluster, me))
+
     try:
         ensure_limit(name, 1)
         logger.info("taking lock %s (a running backup of %s finishes first)", name, cluster)
-        stack.enter_context(held(name, RESTORE_LEASE_SECONDS, timeout=RESTORE_WAIT_SECONDS))
+        with every(LOCK_REPORT_SECONDS, report):
+            stack.enter_context(held(name, RESTORE_LEASE_SECONDS, timeout=RESTORE_WAIT_SECONDS))
     except AcquireConcurrencySlotTimeoutError:
         raise RestoreRefused(
-            f"lock {name} was not free within {RESTORE_WAIT_SECONDS} s (a backup of {cluster} still runs, or a "
-            "run died holding it); nothing was changed; see the global concurrency limits in the UI",
+            f"lock {name} was not free within {RESTORE_WAIT_SECONDS} s ({lock_holder(cluster, me)}); nothing was "
+            "changed",
             step="lock",
         ) from None
     except (ConcurrencySlotAcquisitionError, httpx.HTTPError) as exc:
         raise _lock_error(name, exc) from None
     logger.info("lock %s taken after %.0f s", name, time.monotonic() - began)
+
+
+@contextlib.contextmanager
+def every(seconds: float, call: Callable[[], None]) -> Iterator[None]:
+    """Call call() every `seconds` in a thread while the block runs; its API errors are logged, not raised."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(seconds):
+            try:
+                call()
+            except httpx.HTTPError as exc:
+                get_run_logger().debug("could not report: %s", exc)
+
+    thread = threading.Thread(target=loop, name="lock-report", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
