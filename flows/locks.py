@@ -247,8 +247,11 @@ def _wait_for_cluster_lock(stack: contextlib.ExitStack, cluster: str) -> None:
     began, me = time.monotonic(), str(flow_run.id)
 
     def report() -> None:
-        waited = time.monotonic() - began
-        logger.warning("still waiting for lock %s after %.0f s: %s", name, waited, lock_holder(cluster, me))
+        try:
+            holder = lock_holder(cluster, me)
+        except httpx.HTTPError as exc:
+            holder = f"the Prefect API did not say who holds it ({exc})"
+        logger.warning("still waiting for lock %s after %.0f s: %s", name, time.monotonic() - began, holder)
 
     try:
         ensure_limit(name, 1)
@@ -268,15 +271,12 @@ def _wait_for_cluster_lock(stack: contextlib.ExitStack, cluster: str) -> None:
 
 @contextlib.contextmanager
 def every(seconds: float, call: Callable[[], None]) -> Iterator[None]:
-    """Call call() every `seconds` in a thread while the block runs; its API errors are logged, not raised."""
+    """Call call() every `seconds` in a thread while the block runs."""
     done = threading.Event()
 
     def loop() -> None:
         while not done.wait(seconds):
-            try:
-                call()
-            except httpx.HTTPError as exc:
-                get_run_logger().debug("could not report: %s", exc)
+            call()
 
     thread = threading.Thread(target=loop, name="lock-report", daemon=True)
     thread.start()
