@@ -138,7 +138,9 @@ def test_failover_of_the_watched_member(make_etcd_cluster, etcd_version, tmp_pat
     load.avoid(watched)
     index = cluster.endpoints.index(watched)
     cluster.stop_member(index)
-    time.sleep(5)
+    _wait(lambda: run.backup.follower.endpoint not in ("", watched), "the follower watches another member")
+    after = run.backup.follower.state().next_revision
+    _wait(lambda: run.backup.follower.state().next_revision > after + 20, "events came from the other member")
     load.stop()
     survivors = etcd.EtcdAccess(
         tuple(e for e in access.endpoints if e != watched), ca=access.ca, cert=access.cert, key=access.key
@@ -383,3 +385,10 @@ def test_lineages_never_mix_after_a_whole_cluster_restore():
     assert point.backup == backups[0] and [s.key for s in point.segments] == [old[0].key, old[1].key]
     with pytest.raises(ConfigError, match="no complete full backup"):
         choose(backups, old + new, 200, LINEAGE)
+
+
+def _wait(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.1)
