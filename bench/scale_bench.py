@@ -11,7 +11,10 @@ then per (workers, clusters) starts one backup run per cluster at once and waits
 - peak RSS of the server (with its children), each worker, the largest flow-run process,
 - API requests per run: lines of the server's access log during the round / runs,
 - side by side, the runbook's way for the same clusters without Prefect (etcdctl snapshot save, tar czf,
-  boto3 upload), `--at-once` at a time: backups/min and the median wall time of one.
+  boto3 upload), `--at-once` at a time: backups/min and the median wall time of one,
+- a run by hand behind a queue: every cluster's backup started at once, then one etcd-list-backups run, on
+  the pool's default queue (as before) and on the priority-1 `by-hand` queue `deploy` makes: the seconds from
+  its creation to its start (`--by-hand-only` runs just this, with one worker).
 """
 
 from __future__ import annotations
@@ -135,6 +138,33 @@ def one_round(prefect: PrefectCluster, names: list[str]) -> dict:
     }
 
 
+def by_hand_round(prefect: PrefectCluster, names: list[str], queue: str) -> dict:
+    """Start every backup at once, then a list run on `queue`; the seconds the list run waited to start."""
+    from prefect.deployments import run_deployment
+
+    from deployments.build import BY_HAND_QUEUE, MODULE, manual_deployments
+    from deployments.config import BackupSchedule
+    from deployments.deploy import ensure_first_queue
+    from etcd_backup.flow_names import LIST_BACKUPS
+
+    with prefect.settings():
+        ensure_first_queue(prefect.pool, BY_HAND_QUEUE)
+        schedule = BackupSchedule(cluster=names[0], storage="s3-storage/bench")
+        [listing] = [d for d in manual_deployments([schedule], "", MODULE, queue) if d.flow_name == LIST_BACKUPS]
+        listing.apply(work_pool_name=prefect.pool)
+        backups = [run_deployment(f"etcd-backup/{n}", timeout=0).id for n in names]
+        time.sleep(2)  # the backups are queued first
+        by_hand = run_deployment(f"{LIST_BACKUPS}/{listing.name}", timeout=0).id
+    [run] = wait_terminal(prefect, [by_hand], 1800)
+    wait_terminal(prefect, backups, 1800)
+    return {
+        "queue": queue,
+        "backups_queued": len(names),
+        "state": run.state.name,
+        "waited_to_start_s": round((run.start_time - run.created).total_seconds(), 1),
+    }
+
+
 def plain_round(clusters: list[EtcdCluster], s3: SeaweedFS, at_once: int, workdir: Path) -> dict:
     """The runbook's way for the same clusters, `at_once` at a time (a cron script with `xargs -P`), no Prefect."""
     from bench.backup_bench import runbook_way
@@ -169,6 +199,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--size-kb", type=int, default=512, help="data per cluster")
     parser.add_argument("--at-once", type=int, default=4, help="[limits] backups_at_once")
+    parser.add_argument("--by-hand-only", action="store_true", help="only the run-by-hand rounds, one worker")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     results = []
@@ -191,6 +222,10 @@ def main() -> None:
         print(json.dumps({"deploy_seconds": round(deploy_seconds, 1), "deployments": len(names)}), flush=True)
         baseline = database_size(pg)
         one_round(prefect, names[:1])  # warm-up: the first run imports everything once
+        for queue in ("default", "by-hand"):
+            print(json.dumps({"by_hand": by_hand_round(prefect, names[: max(args.clusters)], queue)}), flush=True)
+        if args.by_hand_only:
+            return
         for workers in sorted(args.workers):
             for i in range(len(prefect.workers) + 1, workers + 1):
                 prefect.start_worker(f"worker-{i}", WORKER_LIMIT)
