@@ -34,6 +34,7 @@ from tests.continuous_helpers import Run, WriteLoad, access_of, digest, followed
 from tests.fleet.binaries import find_binaries
 from tests.servers.fixtures import make_s3
 from tests.servers.tcp_proxy import TCPProxy
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.continuous, pytest.mark.slow]
 CLUSTER = "uk8s-cont"
@@ -138,9 +139,9 @@ def test_failover_of_the_watched_member(make_etcd_cluster, etcd_version, tmp_pat
     load.avoid(watched)
     index = cluster.endpoints.index(watched)
     cluster.stop_member(index)
-    _wait(lambda: run.backup.follower.endpoint not in ("", watched), "the follower watches another member")
+    wait_until(lambda: run.backup.follower.endpoint not in ("", watched), "the follower on another member", every=0.1)
     after = run.backup.follower.state().next_revision
-    _wait(lambda: run.backup.follower.state().next_revision > after + 20, "events came from the other member")
+    wait_until(lambda: run.backup.follower.state().next_revision > after + 20, "its events", every=0.1)
     load.stop()
     survivors = etcd.EtcdAccess(
         tuple(e for e in access.endpoints if e != watched), ca=access.ca, cert=access.cert, key=access.key
@@ -385,10 +386,3 @@ def test_lineages_never_mix_after_a_whole_cluster_restore():
     assert point.backup == backups[0] and [s.key for s in point.segments] == [old[0].key, old[1].key]
     with pytest.raises(ConfigError, match="no complete full backup"):
         choose(backups, old + new, 200, LINEAGE)
-
-
-def _wait(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.1)

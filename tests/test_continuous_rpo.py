@@ -24,6 +24,7 @@ from etcd_backup.continuous.runner import ContinuousBackup
 from etcd_backup.continuous.segment import load_segment
 from etcd_backup.storage.local import LocalStorage
 from tests.continuous_helpers import Run, WriteLoad, access_of, stop_write_loads  # noqa: F401 - autouse fixture
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.continuous, pytest.mark.faults, pytest.mark.slow]
 BOTH = pytest.mark.parametrize("etcd_version", ["3.5.1", "3.4.23"], indirect=True)
@@ -37,13 +38,6 @@ def _window(acked: list[tuple[int, float]], after: int, at: float) -> tuple[int,
     """(writes acknowledged with a revision above `after`, seconds from the oldest of them to `at`)."""
     missing = [when for revision, when in acked if revision > after]
     return len(missing), max(0.0, at - min(missing)) if missing else 0.0
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 @BOTH
@@ -60,13 +54,15 @@ def test_data_lost_when_every_member_is_killed(make_etcd_cluster, etcd_version, 
     rows, acked = [], []
     for kill in range(KILLS):
         current = lambda: backup.follower.endpoint and backup.lag().revisions == 0  # noqa: E731
-        _wait(current, 30, f"the follower did not catch up: {backup.lag()}")
+        wait_until(current, f"the follower to catch up: {backup.lag()}", 30, every=0.05)
         load = WriteLoad(access, rate=300, seed=kill, lease_ttl=2).start()
         time.sleep(rnd.uniform(0.3, 1.5))  # short windows: the kill moment is what varies
         killed_at, uploaded_at_kill = time.time(), backup.writer.uploaded_revision
         os.kill(cluster.members[0].process.pid, signal.SIGKILL)
         load.stop()
-        _wait(lambda: backup.lag().pending_segments == 0, SEGMENT_SECONDS + 30, f"not uploaded: {backup.lag()}")
+        wait_until(
+            lambda: backup.lag().pending_segments == 0, f"the upload: {backup.lag()}", SEGMENT_SECONDS + 30, 0.05
+        )
         acked += load.acked
         at_risk = _window(load.acked, uploaded_at_kill, killed_at)
         lost = _window(load.acked, backup.writer.uploaded_revision, killed_at)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.operator, pytest.mark.slow]
 
@@ -124,8 +125,10 @@ def test_a_run_started_by_hand_starts_before_backups_queued_ahead_of_it(local_pr
         worker = _worker(server, "first-pool", tmp_path / "worker.log")
         try:
             with get_client(sync_client=True) as client:
-                listed = _wait(lambda: _final(client.read_flow_run(by_hand.id)), "the run by hand ended", worker)
-                first = _wait(lambda: [r for r in _reread(client, backups) if r.start_time], "a backup started", worker)
+                listed = wait_until(lambda: _final(client.read_flow_run(by_hand.id)), "the run by hand", 180, 1, worker)
+                first = wait_until(
+                    lambda: [r for r in _reread(client, backups) if r.start_time], "a backup", 180, 1, worker
+                )
         finally:
             _kill_tree(worker)
             with get_client(sync_client=True) as client:
@@ -149,16 +152,6 @@ def _final(run):
 
 def _reread(client, runs: list) -> list:
     return [client.read_flow_run(run.id) for run in runs]
-
-
-def _wait(check, what: str, worker: subprocess.Popen, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        assert worker.poll() is None, f"the worker exited before {what}"
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting: {what}")
 
 
 def _kill_tree(process: subprocess.Popen) -> None:

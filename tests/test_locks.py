@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.restore]
 
@@ -27,19 +28,19 @@ def test_a_restore_waiting_for_the_cluster_lock_says_what_holds_it_then_takes_it
     restore = threading.Thread(target=lambda: _run(restore_member, ended, cluster="lk", failed_node="n1"))
     restore.start()
     try:
-        _wait(lambda: "still waiting for lock etcd-cluster-lk" in _logs())
+        wait_until(lambda: "still waiting for lock etcd-cluster-lk" in _logs(), "the first report")
         assert "no backup or restore of lk is running: a run that died holding it" in _logs()
         assert "delete etcd-cluster-lk under Concurrency in the UI" in _logs()
         with get_client(sync_client=True) as client:  # now a backup of lk is running
             backup = client.create_flow_run(backup_etcd, parameters={"cluster": "lk"}, state=Running())
-        _wait(lambda: f"etcd-backup run {backup.name!r} holds it" in _logs())
+        wait_until(lambda: f"etcd-backup run {backup.name!r} holds it" in _logs(), "the backup named")
         assert not ended and restore.is_alive()  # still waiting: nothing of the restore ran
     finally:
         slot.__exit__(None, None, None)
         restore.join(120)
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(backup.id, Cancelled(), force=True)
-    _wait(lambda: "lock etcd-cluster-lk taken after" in _logs())
+    wait_until(lambda: "lock etcd-cluster-lk taken after" in _logs(), "the lock taken")
     assert ended and "lk" in str(ended[0])  # then the restore went on, to its first check: no block named lk
 
 
@@ -60,10 +61,3 @@ def _run(flow, ended: list, **parameters) -> None:
         flow(**parameters)
     except BaseException as exc:  # noqa: BLE001 - the test reads it
         ended.append(exc)
-
-
-def _wait(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -28,6 +27,7 @@ from tests.faults import checks
 from tests.scale_helpers import Stall
 from tests.servers.fixtures import make_s3, make_ufile
 from tests.servers.tcp_proxy import TCPProxy
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.backup]
 # Ids that are prefixes of each other and look alike: a parser or a prune that crosses shows here.
@@ -135,15 +135,6 @@ def task_window(flow_run_id) -> tuple[datetime, datetime]:
     return min(t.start_time for t in tasks if t.start_time), max(t.end_time for t in tasks if t.end_time)
 
 
-def wait_until(check, timeout: float, what: str):
-    """Poll check every 0.5 s until truthy; fail naming what."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
-        time.sleep(0.5)
-    return result
-
-
 def test_two_backups_of_one_cluster_started_together_run_one_after_the_other_and_both_are_good(relayed, tmp_path):
     """The second waits for the cluster lock while the first uploads, then runs: two good backups, no overlap."""
     stall = Stall(relayed.relay)
@@ -156,7 +147,7 @@ def test_two_backups_of_one_cluster_started_together_run_one_after_the_other_and
         stall.wait(60)
         second = pool.submit(run)
         held = f"lock etcd-cluster-{relayed.block} is held by another backup"
-        wait_until(lambda: held in logs_of_running_backups(), 120, "the second backup to wait for the lock")
+        wait_until(lambda: held in logs_of_running_backups(), "the second backup to wait for the lock", 120, 0.5)
         stall.go.set()
         states = [first.result(300), second.result(300)]
 

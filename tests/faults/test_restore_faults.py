@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from tests.fleet.nodes import Fleet
 from tests.restore_helpers import fleet_state, journal_showing
 from tests.servers.tcp_proxy import TCPProxy
 from tests.test_restore_cluster import CLUSTER_ID, Setup, assert_as_before, assert_restored
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.restore, pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 
@@ -65,7 +65,7 @@ def hold_restores(nodes, then) -> threading.Thread:
     """Once every node's `snapshot restore` is held (wrap_restore(node, HOLD)), call then() and let them go on."""
 
     def run() -> None:
-        wait_until(lambda: all(n.path("/root/restoring").exists() for n in nodes))
+        wait_until(lambda: all(n.path("/root/restoring").exists() for n in nodes), "every restore held", 300, 0.05)
         try:
             then()
         finally:
@@ -92,13 +92,6 @@ def unhold(nodes) -> None:
     for n in nodes:
         for name in ("restoring", "go"):
             n.path(f"/root/{name}").unlink(missing_ok=True)
-
-
-def wait_until(condition, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{condition} never came true"
-        time.sleep(0.05)
 
 
 def begun(step: str) -> str:
@@ -172,7 +165,8 @@ def test_a_node_lost_mid_restore_is_rolled_back_elsewhere_and_by_its_script_ther
         assert state.is_failed()
         assert f"FAILED and was NOT fully rolled back (finish it with `sh {run}/rollback.sh` on etcd3" in state.message
         assert "[snapshot restore @ etcd3]" in state.message and "lost its SSH connection" in state.message
-        wait_until(lambda: not restores_running(fleet))  # the command itself goes on on etcd3
+        # the command itself goes on on etcd3
+        wait_until(lambda: not restores_running(fleet), "the restores to end", 300, 0.05)
         after = fleet_state(fleet)
         assert_as_before({n: before[n] for n in ("etcd1", "etcd2")}, {n: after[n] for n in ("etcd1", "etcd2")})
         assert etcd3.path(f"{run}/unfinished").exists()
@@ -254,7 +248,8 @@ def test_the_flow_killed_mid_restore_is_found_by_the_next_run_which_restores_onc
         assert flow.wait(300) == -signal.SIGKILL
         kill.join()
     journal = journal_showing(reports, begun("snapshot restore @ etcd3"), timeout=5)
-    wait_until(lambda: not restores_running(fleet))  # what the nodes were doing goes on without the flow
+    # what the nodes were doing goes on without the flow
+    wait_until(lambda: not restores_running(fleet), "the restores to end", 300, 0.05)
     run_id = journal.stem.rsplit("-", 1)[1]
     run = f"/var/lib/etcd-restore-{run_id}"
     events = [json.loads(line) for line in journal.read_text().splitlines()]
