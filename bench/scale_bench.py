@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fleet import fleet_net  # noqa: E402
 from tests.fleet.etcd_cluster import EtcdCluster  # noqa: E402
 from tests.fleet.pki import make_pki  # noqa: E402
-from tests.scale_helpers import MemorySampler, task_runs, wait_terminal  # noqa: E402
+from tests.scale_helpers import MemorySampler, deploy_backups, task_runs, wait_terminal  # noqa: E402
 from tests.servers.postgres import PostgresServer  # noqa: E402
 from tests.servers.prefect_cluster import PrefectCluster  # noqa: E402
 from tests.servers.scale_fixtures import WORKER_LIMIT  # noqa: E402
@@ -81,11 +81,6 @@ def save_blocks(prefect: PrefectCluster, clusters: list[EtcdCluster], s3: Seawee
 
 def deploy_all(prefect: PrefectCluster, names: list[str], at_once: int, workdir: Path) -> float:
     """Deploy every cluster's etcd-backup deployment as `deploy` does (build.py); return the seconds taken."""
-    from deployments.build import MODULE, backup_deployment
-    from deployments.config import load_config
-    from deployments.deploy import in_threads
-    from flows.locks import TRANSFERS, set_limit
-
     text = f"[limits]\nbackups_at_once = {at_once}\n" + "".join(
         f'\n[[backup]]\ncluster = "{n}"\nstorage = "s3-storage/bench"\ncron = "0 0 1 1 *"\nkeep = 3\n'
         'verify_cron = "none"\n'
@@ -95,10 +90,7 @@ def deploy_all(prefect: PrefectCluster, names: list[str], at_once: int, workdir:
     config.write_text(text)
     began = time.monotonic()
     with prefect.settings():
-        file = load_config(config)
-        set_limit(TRANSFERS, file.limits.backups_at_once)
-        made = [backup_deployment(s, "", MODULE) for s in file.backups]
-        in_threads(lambda d: d.apply(work_pool_name=prefect.pool), made)
+        deploy_backups(prefect, config, by="the scale bench")
     return time.monotonic() - began
 
 

@@ -32,6 +32,25 @@ def deploy(cluster, config: Path, *extra: str) -> str:
     return done.stdout
 
 
+def deploy_backups(cluster, config: Path, by: str = "the scale tests") -> str:
+    """The etcd-backup deployments of the file, as `deploy` makes them (build.py), and its transfer limit.
+
+    Only the scheduled ones: `deploy` adds six manual deployments per cluster (140 for 20), which take minutes
+    to create on a loaded 2-core machine; the restore-lock test runs the whole command on its own file.
+    """
+    from deployments.build import MODULE, backup_deployment
+    from deployments.config import load_config
+    from deployments.conflicts import managed_by
+    from deployments.deploy import in_threads
+    from flows.locks import TRANSFERS, set_limit
+
+    file = load_config(config)
+    set_limit(TRANSFERS, file.limits.backups_at_once)
+    made = [backup_deployment(s, managed_by("Deployed", by), MODULE) for s in file.backups]
+    in_threads(lambda d: d.apply(work_pool_name=cluster.pool), made)
+    return f"{len(made)} etcd-backup deployments on work pool {cluster.pool}\n"
+
+
 def deployment_ids(cluster, flow_name: str, names: list[str]) -> dict[str, object]:
     """name -> id of the deployments of one flow."""
     with cluster.client() as c:
@@ -69,18 +88,27 @@ def wait_terminal(cluster, run_ids: list, timeout: float) -> list:
     return cluster.wait_for(final, timeout, f"{len(run_ids)} flow run(s) to finish", every=1)
 
 
+def all_pages(read) -> list:
+    """Every item of a paged API read: read(offset) page after page until a short one."""
+    found: list = []
+    while page := read(len(found)):
+        found += page
+        if len(page) < PAGE:
+            break
+    return found
+
+
 def task_runs(cluster, run_ids: list) -> list:
-    """Every task run of these flow runs (all pages)."""
+    """Every task run of these flow runs (all pages of each batch of 20 runs)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     found: list = []
     with cluster.client() as c:
         for start in range(0, len(run_ids), 20):
             runs = FlowRunFilter(id=FlowRunFilterId(any_=run_ids[start : start + 20]))
-            while page := c.read_task_runs(flow_run_filter=runs, limit=PAGE, offset=len(found)):
-                found += page
-                if len(page) < PAGE:
-                    break
+            found += all_pages(
+                lambda offset, runs=runs: c.read_task_runs(flow_run_filter=runs, limit=PAGE, offset=offset)
+            )
     return found
 
 
@@ -121,14 +149,9 @@ def run_logs(cluster, run_id) -> str:
     """The flow run's log messages, one per line (every page)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    found: list = []
+    mine = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
     with cluster.client() as c:
-        while page := c.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=PAGE, offset=len(found)
-        ):
-            found += page
-            if len(page) < PAGE:
-                break
+        found = all_pages(lambda offset: c.read_logs(log_filter=mine, limit=PAGE, offset=offset))
     return "\n".join(log.message for log in found)
 
 

@@ -27,12 +27,7 @@ from prefect.flow_runs import resume_flow_run
 
 from blocks import EtcdCluster as ClusterBlock
 from blocks import S3Storage as S3Block
-from deployments.build import MODULE, backup_deployment
-from deployments.config import load_config
-from deployments.conflicts import managed_by
-from deployments.deploy import in_threads
 from etcd_backup.catalog import list_backups
-from flows.locks import TRANSFERS, set_limit
 from tests.faults.checks import assert_restorable
 from tests.fleet.etcd_cluster import EtcdCluster
 from tests.fleet.fixtures import start
@@ -40,6 +35,7 @@ from tests.restore_helpers import save_cluster_block
 from tests.scale_helpers import (
     Stall,
     deploy,
+    deploy_backups,
     deployment_ids,
     max_overlap,
     run_logs,
@@ -122,19 +118,6 @@ class Scale:
         """The listed backups of a cluster named for a second from the start of run `first` to the end of `last`."""
         start = first.start_time - timedelta(microseconds=first.start_time.microsecond)  # names keep whole seconds
         return [b for b in list_backups(self.store, cluster_id(name)) if start <= b.time <= last.end_time]
-
-
-def deploy_backups(cluster, config: Path) -> str:
-    """The etcd-backup deployments of the file, as `deploy` makes them (build.py), and its transfer limit.
-
-    Only the scheduled ones: `deploy` adds six manual deployments per cluster (140 for 20), which take minutes
-    to create on a loaded 2-core machine; the restore-lock test runs the whole command on its own file.
-    """
-    file = load_config(config)
-    set_limit(TRANSFERS, file.limits.backups_at_once)
-    made = [backup_deployment(s, managed_by("Deployed", "the scale tests"), MODULE) for s in file.backups]
-    in_threads(lambda d: d.apply(work_pool_name=cluster.pool), made)
-    return f"{len(made)} etcd-backup deployments on work pool {cluster.pool}\n"
 
 
 def now() -> datetime:
@@ -319,6 +302,7 @@ def test_two_ticks_of_20_clusters_on_one_cron_minute_give_each_two_good_backups_
         by_deployment.setdefault(r.deployment_id, []).append((r.start_time, r.end_time))
     assert all(max_overlap(spans) == 1 for spans in by_deployment.values())
     windows = work_windows(prefect_cluster, [r.id for r in finished_runs(prefect_cluster, "etcd-backup")])
+    assert {r.id for r in runs} <= set(windows)  # every tick run's work is in the limit check
     assert max_overlap(windows.values()) <= AT_ONCE
     workers = {worker_of(prefect_cluster, r.id) for r in ticks.first.values()}
     assert workers == {"worker-1", "worker-2"}, workers
